@@ -1,0 +1,41 @@
+"""latentserve's model zoo: one file per family, one small shared API.
+
+model = load_model("weights/vae-fashion")  # eval mode, weights checked
+z = model.encode(x)                         # x: float [B, C, H, W] in [0, 1]
+x_hat = model.decode(z)
+save_model(model, "somewhere/")             # config.json + model.safetensors
+"""
+
+from . import autoencoder, classifier, denoising, gan, sparse, stacked, vae
+from .base import (
+    FAMILIES,
+    OPERATIONS,
+    ConfigError,
+    LatentModel,
+    ModelConfig,
+    build_model,
+)
+from .checkpoint import CheckpointError, load_model, read_config, save_model
+from .denoising import NOISE_KINDS, corrupt
+
+__all__ = [
+    "FAMILIES",
+    "NOISE_KINDS",
+    "OPERATIONS",
+    "CheckpointError",
+    "ConfigError",
+    "LatentModel",
+    "ModelConfig",
+    "autoencoder",
+    "build_model",
+    "classifier",
+    "corrupt",
+    "denoising",
+    "gan",
+    "load_model",
+    "read_config",
+    "save_model",
+    "sparse",
+    "stacked",
+    "vae",
+]

@@ -1,0 +1,186 @@
+"""The small API every latentserve model shares, and the registry of families.
+
+A model is an ``nn.Module`` built from one config dataclass. The config is all that is
+needed to rebuild it (the diffusers habit): ``save_model`` writes it as ``config.json``
+beside the weights, ``load_model`` reads it back. Families register themselves with
+``@register`` so the loader can find them by the ``family`` string in that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+ImageShape = tuple[int, int, int]
+
+#: Operations the service can ask of a model; each family declares the ones it supports.
+OPERATIONS = ("encode", "decode", "reconstruct", "sample", "classify")
+
+
+class ConfigError(ValueError):
+    """A model config is invalid; the message says which field and why."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Fields every family has. Families subclass this and add their own."""
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W), pixels in [0, 1]
+    latent_dim: int = 32  # size of the code z
+
+    def __post_init__(self) -> None:
+        self.image_shape = _as_shape(self.image_shape)
+        channels, height, width = self.image_shape
+        if channels not in (1, 3):
+            raise ConfigError(f"image_shape: channels must be 1 or 3, got {channels}")
+        if height != width:
+            raise ConfigError(f"image_shape: images must be square, got {height}x{width}")
+        if not 8 <= height <= 256:
+            raise ConfigError(f"image_shape: side must be between 8 and 256, got {height}")
+        check_positive(self, "latent_dim")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build a config, refusing unknown keys instead of ignoring them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _as_shape(value: Any) -> ImageShape:
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise ConfigError(f"image_shape must be three integers (C, H, W), got {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"image_shape must be three integers (C, H, W), got {value!r}")
+    return (value[0], value[1], value[2])
+
+
+def check_positive(config: object, *names: str) -> None:
+    """Raise ConfigError unless every named field of ``config`` is a positive integer."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_range(name: str, value: Any, low: float, high: float) -> None:
+    """Raise ConfigError unless ``low <= value <= high``."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+class LatentModel(nn.Module):
+    """Base of every family: holds the config and answers the shared questions.
+
+    Subclasses implement the operations named in ``operations``; calling one that the
+    family does not support raises ``NotImplementedError`` naming what it does support.
+    """
+
+    family: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+    operations: ClassVar[frozenset[str]]
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        self.config = config
+
+    @property
+    def image_shape(self) -> ImageShape:
+        return self.config.image_shape
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def _unsupported(self, operation: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"{self.family} models do not support {operation}; "
+            f"they support: {', '.join(sorted(self.operations)) or 'nothing'}"
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("encode")
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("decode")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("reconstruct")
+
+    def sample_latent(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Draw ``n`` codes from the prior N(0, temperature^2 I): [n, latent_dim]."""
+        if "sample" not in self.operations:
+            raise self._unsupported("sample")
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return z * temperature
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Draw ``n`` images from the model: [n, C, H, W] in [0, 1]."""
+        return self.decode(self.sample_latent(n, generator, temperature))
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+FAMILIES: dict[str, type[LatentModel]] = {}
+M = TypeVar("M", bound=type[LatentModel])
+
+
+def register(cls: M) -> M:
+    """Class decorator adding a family to ``FAMILIES`` under its ``family`` name."""
+    if cls.family in FAMILIES:
+        raise RuntimeError(f"family {cls.family!r} registered twice")
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def build_model(family: str, config: dict[str, Any] | ModelConfig) -> LatentModel:
+    """Construct a fresh (untrained) model of ``family`` from a config or a dict."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    cls = FAMILIES[family]
+    cfg = config if isinstance(config, ModelConfig) else cls.config_class.from_dict(config)
+    return cls(cfg)
+
+
+def check_images(model: LatentModel, x: torch.Tensor) -> None:
+    """Raise ValueError unless ``x`` is a float batch [B, C, H, W] of the model's shape."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != model.image_shape:
+        raise ValueError(
+            f"expected images of shape [B, {', '.join(map(str, model.image_shape))}], "
+            f"got {list(x.shape)}"
+        )
+
+
+def check_latents(model: LatentModel, z: torch.Tensor) -> None:
+    """Raise ValueError unless ``z`` is [B, latent_dim]."""
+    if z.ndim != 2 or z.shape[1] != model.latent_dim:
+        raise ValueError(f"expected latents of shape [B, {model.latent_dim}], got {list(z.shape)}")

@@ -1,0 +1,189 @@
+"""Every family: shapes, gradients, the shared API, and the paper formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import FAMILIES, ConfigError, build_model, corrupt
+from models.sparse import SparseAutoencoder
+from models.stacked import StackedAutoencoder
+from models.vae import VAE
+
+from .factories import TINY, tiny_model
+
+SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
+GENERATIVE = [f for f in TINY if f != "classifier"]
+
+
+@pytest.mark.parametrize("family", GENERATIVE)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward_every_family_and_shape(family: str, shape: tuple[int, int, int]) -> None:
+    model = tiny_model(family, image_shape=shape).train()
+    x = torch.rand(3, *shape)
+    if family == "gan":
+        out = model.decode(model.sample_latent(3))
+        loss = model.criticize(out).mean() + model.criticize(x).mean()
+    else:
+        out = model(x)[0] if family == "vae" else model(x)
+        loss = out.pow(2).mean()
+    assert out.shape == (3, *shape)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("family", GENERATIVE)
+def test_api_shapes_and_ranges(family: str) -> None:
+    model = tiny_model(family)
+    x = torch.rand(2, 1, 28, 28)
+    if "encode" in model.operations:
+        z = model.encode(x)
+        assert z.shape == (2, model.latent_dim)
+        assert model.reconstruct(x).shape == x.shape
+    z = torch.randn(2, model.latent_dim)
+    with torch.no_grad():
+        images = model.decode(z)
+    assert images.shape == (2, 1, 28, 28)
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+
+
+def test_unsupported_operation_names_what_is_supported() -> None:
+    gan = tiny_model("gan")
+    with pytest.raises(
+        NotImplementedError, match="gan models do not support encode; they support: decode, sample"
+    ):
+        gan.encode(torch.rand(1, 1, 28, 28))
+
+
+def test_wrong_input_shape_is_refused() -> None:
+    model = tiny_model("ae")
+    with pytest.raises(
+        ValueError, match=r"expected images of shape \[B, 1, 28, 28\], got \[2, 3, 28, 28\]"
+    ):
+        model.encode(torch.rand(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"expected latents of shape \[B, 4\]"):
+        model.decode(torch.rand(2, 5))
+
+
+def test_sampling_is_seeded_and_temperature_scales_the_prior() -> None:
+    vae = tiny_model("vae")
+    a = vae.sample(4, torch.Generator().manual_seed(7))
+    b = vae.sample(4, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    z1 = vae.sample_latent(2000, torch.Generator().manual_seed(1), temperature=1.0)
+    z2 = vae.sample_latent(2000, torch.Generator().manual_seed(1), temperature=0.5)
+    assert torch.allclose(z2, z1 * 0.5)
+    assert abs(float(z1.std()) - 1.0) < 0.05
+
+
+def test_vae_kl_matches_closed_form_and_reparameterization_moments() -> None:
+    vae: VAE = tiny_model("vae")  # type: ignore[assignment]
+    mu = torch.tensor([[0.5, -1.0, 0.0]])
+    log_var = torch.tensor([[0.0, math.log(4.0), math.log(0.25)]])
+    x = torch.full((1, 1, 28, 28), 0.5)
+    _, kl = vae.elbo_terms(x, torch.zeros(1, 1, 28, 28), mu, log_var)
+    expected = 0.5 * sum(v + m * m - 1 - math.log(v) for m, v in [(0.5, 1), (-1, 4), (0, 0.25)])
+    assert float(kl) == pytest.approx(expected, rel=1e-6)
+    z = VAE.reparameterize(
+        mu.expand(20000, 3), log_var.expand(20000, 3), torch.Generator().manual_seed(0)
+    )
+    assert torch.allclose(z.mean(0), mu[0], atol=0.05)
+    assert torch.allclose(z.std(0), torch.tensor([1.0, 2.0, 0.5]), atol=0.05)
+
+
+def test_vae_nll_of_all_half_logits_is_784_log2() -> None:
+    vae: VAE = tiny_model("vae")  # type: ignore[assignment]
+    x = torch.rand(2, 1, 28, 28).round()
+    nll, _ = vae.elbo_terms(x, torch.zeros_like(x), torch.zeros(2, 3), torch.zeros(2, 3))
+    assert torch.allclose(nll, torch.full((2,), 784 * math.log(2)))
+
+
+def test_importance_weights_bound_is_at_least_the_elbo() -> None:
+    vae: VAE = tiny_model("vae")  # type: ignore[assignment]
+    x = torch.rand(4, 1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    log_w = vae.log_importance_weights(x, 256, g)  # [4, 256]
+    iwae = torch.logsumexp(log_w, 1) - math.log(256)
+    elbo = log_w.mean(1)
+    assert (iwae >= elbo).all()
+
+
+def test_sparse_kl_penalty_is_zero_at_target_and_grows_away_from_it() -> None:
+    sparse: SparseAutoencoder = tiny_model("sparse-ae", sparsity_target=0.1)  # type: ignore[assignment]
+    at_target = torch.full((8, 6), 0.1)
+    assert float(sparse.sparsity_penalty(at_target)) == pytest.approx(0.0, abs=1e-6)
+    # KL(0.1 || 0.5) per unit = 0.1 ln 0.2 + 0.9 ln 1.8
+    expected = 6 * (0.1 * math.log(0.2) + 0.9 * math.log(1.8))
+    assert float(sparse.sparsity_penalty(torch.full((8, 6), 0.5))) == pytest.approx(
+        expected, rel=1e-5
+    )
+    z = sparse.encode(torch.rand(4, 1, 28, 28))
+    assert float(z.min()) > 0 and float(z.max()) < 1
+
+
+def test_stacked_tied_weights_share_the_encoder_matrix() -> None:
+    tied: StackedAutoencoder = tiny_model("stacked-ae")  # type: ignore[assignment]
+    untied: StackedAutoencoder = tiny_model("stacked-ae", tied_weights=False)  # type: ignore[assignment]
+    assert tied.decoders[0].weight is None
+    assert untied.parameter_count() - tied.parameter_count() == sum(
+        e.weight.numel() for e in untied.encoders
+    )
+    h = torch.rand(2, 16)
+    expected = h @ tied.encoders[0].weight + tied.decoders[0].bias
+    assert torch.allclose(tied.decode_layer(0, h), expected)
+
+
+@pytest.mark.parametrize(
+    ("kind", "level"), [("gaussian", 0.1), ("salt_pepper", 0.2), ("mask", 0.4)]
+)
+def test_corruption_levels(kind: str, level: float) -> None:
+    x = torch.full((4, 1, 64, 64), 0.5)
+    noisy = corrupt(x, kind, level, torch.Generator().manual_seed(0))
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    changed = float((noisy != x).float().mean())
+    if kind == "gaussian":  # 0.5 +- 0.1 is 5 sigma from the clamp, so the std survives
+        assert float((noisy - x).std()) == pytest.approx(level, rel=0.05)
+    else:  # every hit pixel becomes 0 or 1, so it differs from 0.5
+        assert changed == pytest.approx(level, abs=0.02)
+
+
+def test_unknown_noise_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown noise kind 'speckle'"):
+        corrupt(torch.rand(1, 1, 8, 8), "speckle", 0.1)
+
+
+@pytest.mark.parametrize(
+    ("family", "config", "message"),
+    [
+        ("ae", {"latent_dim": 0}, "latent_dim must be a positive integer"),
+        ("ae", {"image_shape": [2, 28, 28]}, "channels must be 1 or 3"),
+        ("ae", {"image_shape": [1, 28, 32]}, "must be square"),
+        ("ae", {"colour": True}, "unknown config keys \\['colour'\\]"),
+        ("sparse-ae", {"sparsity_penalty": "l2"}, "must be 'kl' or 'l1'"),
+        ("dae", {"noise_kinds": ["blur"]}, "noise_kinds must be a non-empty subset"),
+        ("nope", {}, "unknown family 'nope'"),
+    ],
+)
+def test_bad_configs_are_refused(family: str, config: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model(family, config)
+
+
+def test_every_family_is_registered() -> None:
+    assert set(FAMILIES) == {"ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "classifier"}
+
+
+def test_spatial_code_keeps_the_map_layout() -> None:
+    model = tiny_model("dae", latent_dim=2 * 49, spatial_code=True)
+    z = model.encode(torch.rand(3, 1, 28, 28))
+    assert z.shape == (3, 98)
+    assert model.decode(z).shape == (3, 1, 28, 28)
+    with pytest.raises(
+        ConfigError,
+        match="latent_dim: a spatial code on a 7x7 map needs latent_dim divisible by 49, got 50",
+    ):
+        build_model("ae", {"latent_dim": 50, "spatial_code": True})

@@ -1,0 +1,130 @@
+"""The trainer's command line: dry runs of every family, bad flags, resume, atomic output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import load_model
+from training.cli import TRAINABLE, main
+
+from .test_data import make_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize("family", TRAINABLE)
+def test_dry_run_writes_a_loadable_artifact(family: str, tmp_path: Path) -> None:
+    out = tmp_path / family
+    code = main(["train", "--family", family, "--dry-run", "--out", str(out),
+                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--width", "4"])  # fmt: skip
+    assert code == 0
+    files = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "card.json",
+        "samples.png",
+        "loss_curve.png",
+    } <= files
+    model = load_model(out)
+    assert model.family == family
+    card = json.loads((out / "card.json").read_text())
+    assert card["family"] == family and card["parameters"] == model.parameter_count()
+    assert card["dataset"]["name"] == "synthetic" and card["training"]["epochs"] == 1
+    assert "--dry-run" in card["training"]["command"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left"
+
+
+def test_seed_makes_runs_repeatable(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        main(["train", "--family", "vae", "--dry-run", "--seed", "3", "--width", "4",
+              "--out", str(tmp_path / name), "--checkpoint-dir", str(tmp_path / f"c{name}")])  # fmt: skip
+    a, b = load_model(tmp_path / "a"), load_model(tmp_path / "b")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+    common = ["train", "--family", "ae", "--dataset", "synthetic", "--steps-per-epoch", "2",
+              "--batch-size", "8", "--width", "4", "--checkpoint-dir", str(tmp_path / "ckpt")]  # fmt: skip
+    assert main([*common, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--epochs", "2", "--resume", "--out", str(tmp_path / "two")]) == 0
+    history = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    straight = tmp_path / "straight"
+    assert (
+        main([*common[:-1], str(tmp_path / "ckpt2"), "--epochs", "2", "--out", str(straight)]) == 0
+    )
+    resumed, direct = load_model(tmp_path / "two"), load_model(straight)
+    for pa, pb in zip(resumed.state_dict().values(), direct.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_folder_dataset_end_to_end(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "imgs", size=32)
+    out = tmp_path / "folder-ae"
+    assert main(["train", "--family", "ae", "--dataset", f"folder:{root}", "--epochs", "1",
+                 "--batch-size", "4", "--width", "4", "--out", str(out),
+                 "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0  # fmt: skip
+    assert load_model(out).image_shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--family", "ae", "--epochs", "-1"], "--epochs: must be a positive integer, got -1"),
+        (
+            ["--family", "ae", "--latent-dim", "0"],
+            "--latent-dim: must be a positive integer, got 0",
+        ),
+        (["--family", "rbm"], "argument --family: invalid choice: 'rbm'"),
+        (["--family", "ae", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["--family", "ae", "--dataset", "folder:/no/such/dir"], "not a readable directory"),
+        (["--family", "ae", "--image-shape", "2,28,28"], "need C of 1 or 3"),
+        (["--family", "ae", "--lr", "nan"], "must be finite"),
+        (["--family", "dae", "--noise-kinds", "blur"], "unknown noise kinds \\['blur'\\]"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_cli("train", *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_folder_exits_2(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "imgs", mixed=True)
+    result = run_cli(
+        "train", "--family", "ae", "--dataset", f"folder:{root}", "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 2
+    assert "differ in size or mode" in result.stderr and "--image-shape" in result.stderr
+
+
+def test_existing_out_is_not_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_cli("train", "--family", "ae", "--dry-run", "--out", str(out))
+    assert result.returncode == 2 and "pass --overwrite" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"

@@ -1,0 +1,1 @@
+"""latentserve's offline trainer and evaluator (``python -m training --help``)."""

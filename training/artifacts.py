@@ -1,0 +1,124 @@
+"""What a finished run leaves beside the weights: pictures, a loss curve, a model card.
+
+The artifact folder is assembled under a temporary name next to ``--out`` and renamed into
+place at the end, so an interrupted run never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import LatentModel, corrupt, save_model
+from models.imaging import make_grid
+
+from .data import Dataset
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+@torch.no_grad()
+def picture(model: LatentModel, dataset: Dataset) -> torch.Tensor:
+    """The images of ``samples.png``: what a person should look at to judge the model."""
+    g = torch.Generator().manual_seed(0)
+    test = dataset.test.images[:16].float() / 255
+    if model.family == "classifier":
+        # one row per class: the first test images the classifier assigns to it
+        images = dataset.test.images[:2000].float() / 255
+        pred = model(images).argmax(1)
+        rows = []
+        for c in range(len(dataset.class_names)):
+            chosen = images[pred == c][:10]
+            pad = torch.ones(10 - len(chosen), *images.shape[1:])
+            rows.append(torch.cat([chosen, pad]))
+        return torch.cat(rows)
+    if "sample" in model.operations:
+        return model.sample(64, generator=g)
+    if model.family == "dae":
+        noisy = corrupt(test, "gaussian", 0.3, g)
+        return torch.cat([test, noisy, model.reconstruct(noisy)])  # clean / noisy / denoised rows
+    return torch.cat([test, model.reconstruct(test)])  # originals over reconstructions
+
+
+def plot_history(history: list[dict[str, Any]], file: Path) -> None:
+    """Loss curve PNG: every training number per epoch, and the validation ones dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    epochs = [h["epoch"] for h in history]
+    for key in history[0]["train"]:
+        ax.plot(epochs, [h["train"][key] for h in history], marker="o", label=f"train {key}")
+    for key in history[0]["val"]:
+        ax.plot(epochs, [h["val"][key] for h in history], ls="--", marker=".", label=f"val {key}")
+    ax.set_xlabel("epoch")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(file)
+    plt.close(fig)
+
+
+def write_artifact(
+    out: Path,
+    model: LatentModel,
+    dataset: Dataset,
+    history: list[dict[str, Any]],
+    card: dict[str, Any],
+    overwrite: bool,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Assemble the artifact in a temporary folder, then move it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        save_model(model, tmp)
+        columns = (
+            10 if model.family == "classifier" else (8 if "sample" in model.operations else 16)
+        )
+        make_grid(picture(model, dataset), columns=columns, scale=2).save(tmp / "samples.png")
+        if history:
+            plot_history(history, tmp / "loss_curve.png")
+        (tmp / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        if extra:
+            extra(tmp)
+        publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is replaced only with ``overwrite``."""
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

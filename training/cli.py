@@ -1,0 +1,235 @@
+"""Command line: ``python -m training train ...`` and ``python -m training evaluate ...``.
+
+Every hyperparameter is a flag with a documented default (``--help`` lists them). Bad
+values end the run with one line naming the problem and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from models import FAMILIES, NOISE_KINDS, ConfigError
+
+from .checkpoints import ResumeError
+from .data import FASHION_MNIST_DIR, DatasetError
+
+TRAINABLE = ("ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "classifier")
+DEFAULT_LR = {"gan": 2e-4}  # everything else: 2e-3
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, exit 2: argparse's usage block buries the actual problem."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _number(text, float)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a{'n integer' if kind is int else ' number'}: {text!r}"
+        ) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def image_shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}")
+    c, h, w = (int(p) for p in parts)
+    if c not in (1, 3) or h != w or not 8 <= h <= 256:
+        raise argparse.ArgumentTypeError(f"need C of 1 or 3 and square sides of 8..256, got {text}")
+    return (c, h, w)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    return tuple(positive_int(p) for p in text.split(","))
+
+
+def noise_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(","))
+    bad = [k for k in kinds if k not in NOISE_KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown noise kinds {bad}; choose from {', '.join(NOISE_KINDS)}"
+        )
+    return kinds
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_train_parser(sub.add_parser("train", help="train a model and write its artifact"))
+    from .evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub.add_parser("evaluate", help="measure a model on the test split"))
+    return parser
+
+
+def add_train_parser(p: argparse.ArgumentParser) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = fmt
+    g = p.add_argument_group("run")
+    g.add_argument("--family", required=True, choices=TRAINABLE, help="model family to train")
+    g.add_argument(
+        "--dataset", default="fashion-mnist", help="fashion-mnist, folder:PATH or synthetic"
+    )
+    g.add_argument(
+        "--data-dir", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX folder"
+    )
+    g.add_argument(
+        "--image-shape",
+        type=image_shape,
+        help="C,H,W to convert folder images to (default: read off the images)",
+    )
+    g.add_argument(
+        "--val-size",
+        type=positive_int,
+        default=5000,
+        help="images carved from train for validation",
+    )
+    g.add_argument(
+        "--out", type=Path, required=True, help="artifact folder to write, e.g. weights/vae-fashion"
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--checkpoint-dir", type=Path, help="resumable state (default runs/<out name>)")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint-dir if it holds a checkpoint",
+    )
+    g.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seeds weights, data order and noise"
+    )
+    g.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
+    g.add_argument(
+        "--dry-run", action="store_true", help="3 steps of 1 epoch on synthetic data (CI smoke run)"
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=positive_int, default=10, help="passes over the training split")
+    g.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
+    g.add_argument(
+        "--lr", type=positive_float, help="peak learning rate (default 2e-3; 2e-4 for gan)"
+    )
+    g.add_argument(
+        "--steps-per-epoch",
+        type=non_negative_int,
+        default=0,
+        help="cap on steps per epoch (0: whole split)",
+    )
+    g.add_argument(
+        "--loss",
+        choices=("mse", "bce"),
+        default="mse",
+        help="reconstruction loss of the autoencoders",
+    )
+    g = p.add_argument_group("model (defaults: the family's own)")
+    g.add_argument("--latent-dim", type=positive_int, help="size of the code z")
+    g.add_argument("--width", type=positive_int, help="first conv layer's channels (conv families)")
+    g.add_argument(
+        "--spatial-code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="conv autoencoders: keep the code's 2-D layout (latent-dim a multiple of the smallest map's area)",
+    )
+    g.add_argument(
+        "--hidden-sizes",
+        type=int_list,
+        help="stacked-ae: widths between image and code, e.g. 512,256",
+    )
+    g.add_argument(
+        "--tied-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stacked-ae: decoder reuses W^T",
+    )
+    g.add_argument(
+        "--pretrain-epochs",
+        type=non_negative_int,
+        default=1,
+        help="stacked-ae: greedy epochs per layer",
+    )
+    g.add_argument(
+        "--noise-kinds", type=noise_kinds, help="dae: kinds to train against, comma-separated"
+    )
+    g.add_argument("--gaussian-max", type=fraction, help="dae: largest Gaussian sigma")
+    g.add_argument("--salt-pepper-max", type=fraction, help="dae: largest salt-and-pepper fraction")
+    g.add_argument("--mask-max", type=fraction, help="dae: largest masked fraction")
+    g.add_argument(
+        "--sparsity-penalty", choices=("kl", "l1"), help="sparse-ae: penalty on the code"
+    )
+    g.add_argument("--sparsity-target", type=fraction, help="sparse-ae: target mean activation rho")
+    g.add_argument(
+        "--sparsity-weight", type=positive_float, help="sparse-ae: weight of the penalty"
+    )
+    g.add_argument("--beta", type=positive_float, help="vae: weight of the KL term")
+    g.add_argument(
+        "--lr-critic", type=positive_float, default=4e-4, help="gan: critic learning rate"
+    )
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from .trainer import train
+
+    if args.lr is None:
+        args.lr = DEFAULT_LR.get(args.family, 2e-3)
+    if args.dry_run:
+        args.dataset, args.epochs, args.steps_per_epoch = "synthetic", 1, 3
+        args.batch_size = min(args.batch_size, 16)
+        args.val_size = min(args.val_size, 50)
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    train(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        args.func(args)
+    except (DatasetError, ConfigError, ResumeError, FileExistsError) as exc:
+        print(f"python -m training: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("python -m training: interrupted; nothing was written to --out", file=sys.stderr)
+        return 130
+    return 0
+
+
+assert set(TRAINABLE) <= set(FAMILIES)

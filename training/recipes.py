@@ -1,0 +1,242 @@
+"""How each family is trained: its optimizers, its loss for one batch, its validation metrics.
+
+A recipe owns the optimizers of one model. ``train_step`` takes a batch of clean images in
+[0, 1] and returns the numbers shown on the progress bar; ``evaluate_batch`` returns sums
+over the batch so the loop can average them over a whole split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import LatentModel
+from models.denoising import DenoisingAutoencoder, corrupt
+from models.gan import GAN
+from models.sparse import SparseAutoencoder
+from models.stacked import StackedAutoencoder
+from models.vae import VAE
+
+from .data import Split, batches
+
+
+def psnr_sum(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    """Sum over the batch of per-image PSNR in dB for pixels in [0, 1]."""
+    mse = (x_hat - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((-10 * torch.log10(mse)).sum())
+
+
+class Recipe:
+    """Training of a plain autoencoder; the other families override parts of it."""
+
+    def __init__(self, model: LatentModel, args: argparse.Namespace) -> None:
+        self.model = model
+        self.args = args
+        self.optimizers = {"model": torch.optim.Adam(model.parameters(), lr=args.lr)}
+
+    def reconstruction_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of the per-image loss (MSE directly targets PSNR)."""
+        if self.args.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+        return F.mse_loss(torch.sigmoid(logits), x, reduction="sum") / x.shape[0]
+
+    def model_input(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        loss = self.reconstruction_loss(self.model(self.model_input(x, generator)), x)
+        self._step("model", loss)
+        return {"loss": loss.item()}
+
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        x_hat = self.model.reconstruct(x)
+        mse = F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
+        return {"mse": float(mse.sum()), "psnr": psnr_sum(x_hat, x)}
+
+    def pretrain(self, split: Split, generator: torch.Generator) -> None:
+        """Hook for families with a pretraining phase; most have none."""
+
+
+class DenoisingRecipe(Recipe):
+    model: DenoisingAutoencoder
+
+    def model_input(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.corrupt_for_training(x, generator)
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        out = super().evaluate_batch(x, y)
+        g = torch.Generator().manual_seed(0)
+        noisy = corrupt(x, "gaussian", 0.3, g)
+        out["psnr_sigma0.3"] = psnr_sum(self.model.reconstruct(noisy), x)
+        return out
+
+
+class SparseRecipe(Recipe):
+    model: SparseAutoencoder
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        z = self.model.encode(x)
+        rec = self.reconstruction_loss(self.model.decode_logits(z), x)
+        penalty = self.model.sparsity_penalty(z)
+        loss = rec + self.model.config.sparsity_weight * penalty
+        self._step("model", loss)
+        return {"loss": loss.item(), "rec": rec.item(), "mean_act": z.mean().item()}
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        out = super().evaluate_batch(x, y)
+        out["mean_activation"] = float(self.model.encode(x).mean(1).sum())
+        return out
+
+
+class StackedRecipe(Recipe):
+    """Greedy layer-wise pretraining (Bengio et al., 2006), then end-to-end fine-tuning."""
+
+    model: StackedAutoencoder
+
+    def pretrain(self, split: Split, generator: torch.Generator) -> None:
+        """Train each (encoder, decoder) pair in turn for ``--pretrain-epochs`` epochs."""
+        for k in range(self.model.depth):
+            params = [*self.model.encoders[k].parameters(), *self.model.decoders[k].parameters()]
+            opt = torch.optim.Adam(params, lr=self.args.lr)
+            for epoch in range(self.args.pretrain_epochs):
+                bar = tqdm(
+                    batches(split, self.args.batch_size, generator, drop_last=True),
+                    total=len(split) // self.args.batch_size,
+                    desc=f"pretrain layer {k + 1}/{self.model.depth} epoch {epoch + 1}",
+                    leave=False,
+                )
+                for step, (x, _) in enumerate(bar):
+                    bar.set_postfix(loss=f"{self.pretrain_step(k, x, opt):.4f}")
+                    if self.args.steps_per_epoch and step + 1 >= self.args.steps_per_epoch:
+                        break
+
+    def pretrain_step(self, k: int, x: torch.Tensor, opt: torch.optim.Optimizer) -> float:
+        """Train pair k as a shallow autoencoder on the (fixed) codes of layers below k."""
+        with torch.no_grad():
+            h = x.flatten(1)
+            for j in range(k):
+                h = self.model.encode_layer(j, h)
+        out = self.model.decode_layer(k, self.model.encode_layer(k, h))
+        if k == 0:
+            loss = F.mse_loss(torch.sigmoid(out), h, reduction="sum") / x.shape[0]
+        else:
+            loss = F.mse_loss(out, h, reduction="sum") / x.shape[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+
+class VAERecipe(Recipe):
+    model: VAE
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        logits, mu, log_var = self.model(x)
+        nll, kl = self.model.elbo_terms(x, logits, mu, log_var)
+        loss = (nll + self.model.config.beta * kl).mean()
+        self._step("model", loss)
+        return {"loss": float(loss), "nll": nll.mean().item(), "kl": kl.mean().item()}
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        out = super().evaluate_batch(x, y)
+        logits, mu, log_var = self.model(x)
+        nll, kl = self.model.elbo_terms(x, logits, mu, log_var)
+        out.update(neg_elbo=float((nll + kl).sum()), kl=float(kl.sum()))
+        return out
+
+
+class GANRecipe(Recipe):
+    """One critic step and one generator step per batch, Adam(0.0, 0.9) as in Miyato et al."""
+
+    model: GAN
+
+    def __init__(self, model: LatentModel, args: argparse.Namespace) -> None:
+        self.model = model  # type: ignore[assignment]
+        self.args = args
+        betas = (0.0, 0.9)
+        self.optimizers = {
+            "generator": torch.optim.Adam(
+                self.model.generator.parameters(), lr=args.lr, betas=betas
+            ),
+            "critic": torch.optim.Adam(
+                self.model.critic.parameters(), lr=args.lr_critic, betas=betas
+            ),
+        }
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        z = self.model.sample_latent(x.shape[0], generator)
+        fake = self.model.decode(z)
+        d_loss = GAN.critic_loss(self.model.criticize(x), self.model.criticize(fake.detach()))
+        self._step("critic", d_loss)
+        g_loss = GAN.generator_loss(self.model.criticize(fake))
+        self._step("generator", g_loss)
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        g = torch.Generator().manual_seed(0)
+        fake = self.model.decode(self.model.sample_latent(x.shape[0], g))
+        real_score, fake_score = self.model.criticize(x), self.model.criticize(fake)
+        return {"critic_real": float(real_score.sum()), "critic_fake": float(fake_score.sum())}
+
+
+class ClassifierRecipe(Recipe):
+    """Cross-entropy with light augmentation: random shifts of up to 2 pixels."""
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        loss = F.cross_entropy(self.model(x), y)
+        self._step("model", loss)
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        logits = self.model(x)
+        return {
+            "nll": float(F.cross_entropy(logits, y, reduction="sum")),
+            "accuracy": float((logits.argmax(1) == y).sum()),
+        }
+
+
+RECIPES: dict[str, type[Recipe]] = {
+    "ae": Recipe,
+    "dae": DenoisingRecipe,
+    "sparse-ae": SparseRecipe,
+    "stacked-ae": StackedRecipe,
+    "vae": VAERecipe,
+    "gan": GANRecipe,
+    "classifier": ClassifierRecipe,
+}
+
+
+def cosine_factor(step: int, total: int, warmup: int = 100) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to 5% (Loshchilov & Hutter, 2017)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,163 @@
+"""The training loop: epochs with a live progress bar, validation, checkpoints, artifact."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from models import FAMILIES, LatentModel, build_model
+
+from .artifacts import hardware, write_artifact
+from .checkpoints import load_checkpoint, save_checkpoint
+from .data import Dataset, Split, batches, load_dataset
+from .recipes import RECIPES, Recipe, cosine_factor
+
+
+def model_config(args: argparse.Namespace, dataset: Dataset) -> dict[str, Any]:
+    """The family's config fields, taken from the flags that were given."""
+    fields = {f.name for f in dataclasses.fields(FAMILIES[args.family].config_class)}
+    config: dict[str, Any] = {"image_shape": dataset.image_shape}
+    for name in fields - {"image_shape", "class_names"}:
+        value = getattr(args, name, None)
+        if value is not None:
+            config[name] = value
+    if "class_names" in fields:
+        config["class_names"] = dataset.class_names
+    return config
+
+
+@torch.no_grad()
+def evaluate_split(recipe: Recipe, split: Split, batch_size: int = 500) -> dict[str, float]:
+    """Average the recipe's per-image metrics over a whole split."""
+    recipe.model.eval()
+    sums: dict[str, float] = {}
+    for x, y in batches(split, batch_size):
+        for key, value in recipe.evaluate_batch(x, y).items():
+            sums[key] = sums.get(key, 0.0) + value
+    return {key: value / len(split) for key, value in sums.items()}
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run one training job end to end and return the artifact folder."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.dataset, args.image_shape, args.data_dir, args.val_size, args.seed)
+    model = build_model(args.family, model_config(args, dataset))
+    recipe = RECIPES[args.family](model, args)
+    for opt in recipe.optimizers.values():
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    ckpt = args.checkpoint_dir or Path("runs") / args.out.name
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    if args.resume and (ckpt / "state.json").exists():
+        meta = load_checkpoint(ckpt, model, recipe.optimizers)
+        start_epoch, history, elapsed = meta["epoch"], meta["history"], meta["elapsed"]
+        tqdm.write(f"resumed from {ckpt} after epoch {start_epoch}")
+    elif args.pretrain_epochs and hasattr(recipe, "pretrain_step"):
+        started = time.perf_counter()
+        model.train()
+        recipe.pretrain(dataset.train, torch.Generator().manual_seed(args.seed))
+        elapsed += time.perf_counter() - started
+
+    steps = len(dataset.train) // args.batch_size or 1
+    if args.steps_per_epoch:
+        steps = min(steps, args.steps_per_epoch)
+    for epoch in range(start_epoch, args.epochs):
+        started = time.perf_counter()
+        train_stats = run_epoch(recipe, dataset.train, args, epoch, steps)
+        val = evaluate_split(recipe, dataset.val)
+        seconds = time.perf_counter() - started
+        elapsed += seconds
+        history.append({"epoch": epoch + 1, "train": train_stats, "val": val, "seconds": seconds})
+        summary = " ".join(f"{k}={v:.4g}" for k, v in val.items())
+        tqdm.write(f"epoch {epoch + 1}/{args.epochs}: val {summary} ({seconds:.1f}s)")
+        meta = {"epoch": epoch + 1, "history": history, "elapsed": elapsed, "args": _jsonable(args)}
+        save_checkpoint(ckpt, model, recipe.optimizers, meta)
+
+    model.eval()
+    card = model_card(args, model, dataset, history, elapsed, steps)
+    out = write_artifact(args.out, model, dataset, history, card, args.overwrite)
+    tqdm.write(f"wrote {out} ({elapsed:.0f}s of training)")
+    return out
+
+
+def run_epoch(
+    recipe: Recipe, split: Split, args: argparse.Namespace, epoch: int, steps: int
+) -> dict[str, float]:
+    """One pass over the training split; returns the mean of each number the recipe reports."""
+    recipe.model.train()
+    generator = torch.Generator().manual_seed(args.seed * 10_000 + epoch)  # resumable order
+    totals: dict[str, float] = {}
+    bar = tqdm(
+        batches(split, args.batch_size, generator, drop_last=True),
+        total=steps,
+        desc=f"epoch {epoch + 1}/{args.epochs}",
+        leave=False,
+        mininterval=1.0,
+    )
+    done = 0
+    for step, (x, y) in enumerate(bar):
+        factor = cosine_factor(epoch * steps + step, args.epochs * steps, warmup=min(100, steps))
+        for opt in recipe.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        stats = recipe.train_step(x, y, generator)
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1} step {step}: {stats}")
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value
+        done = step + 1
+        bar.set_postfix({k: f"{v / done:.4g}" for k, v in totals.items()}, refresh=False)
+        if done >= steps:
+            break
+    bar.close()
+    return {key: value / max(done, 1) for key, value in totals.items()}
+
+
+def model_card(
+    args: argparse.Namespace,
+    model: LatentModel,
+    dataset: Dataset,
+    history: list[dict[str, Any]],
+    elapsed: float,
+    steps: int,
+) -> dict[str, Any]:
+    images_seen = args.epochs * steps * args.batch_size
+    return {
+        "name": args.out.name,
+        "family": model.family,
+        "parameters": model.parameter_count(),
+        "image_shape": list(model.image_shape),
+        "latent_dim": model.latent_dim,
+        "dataset": {
+            "name": dataset.name,
+            "class_names": list(dataset.class_names),
+            "train": len(dataset.train),
+            "val": len(dataset.val),
+            "test": len(dataset.test),
+        },
+        "training": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "wall_time_s": round(elapsed, 1),
+            "images_per_s": round(images_seen / elapsed, 1) if elapsed else None,
+            "hardware": hardware(),
+            "command": "python -m training " + shlex.join(args.argv),
+            "final_val": history[-1]["val"] if history else {},
+        },
+        "metrics": {},
+    }
+
+
+def _jsonable(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
