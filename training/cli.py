@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from models import FAMILIES, NOISE_KINDS, ConfigError
+from models import FAMILIES, NOISE_KINDS, CheckpointError, ConfigError
 
 from .checkpoints import ResumeError
 from .data import FASHION_MNIST_DIR, DatasetError
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         args.func(args)
-    except (DatasetError, ConfigError, ResumeError, FileExistsError) as exc:
+    except (DatasetError, ConfigError, CheckpointError, ResumeError, FileExistsError) as exc:
         print(f"python -m training: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

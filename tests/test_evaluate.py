@@ -1,0 +1,78 @@
+"""The evaluator on tiny models: metrics land in card.json and the baselines are sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.cli import main
+from training.metrics import PCA, active_units, frechet_distance, psnr, tune_denoiser
+
+SMALL = ["--limit", "30", "--samples", "60", "--iw-samples", "8", "--iw-images", "4",
+         "--baseline-images", "4", "--tune-images", "4", "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("weights")
+    for family in ("classifier", "ae", "dae", "sparse-ae", "vae", "gan"):
+        name = "classifier-fashion" if family == "classifier" else family
+        assert main(["train", "--family", family, "--dry-run", "--width", "4", "--out", str(root / name),
+                     "--checkpoint-dir", str(root / f"ck-{family}"), "--threads", "1"]) == 0  # fmt: skip
+    return root
+
+
+@pytest.mark.parametrize("family", ["ae", "dae", "sparse-ae", "vae", "gan", "classifier-fashion"])
+def test_evaluate_writes_metrics_into_the_card(artifacts: Path, family: str) -> None:
+    assert main(["evaluate", "--model", str(artifacts / family), *SMALL]) == 0
+    card = json.loads((artifacts / family / "card.json").read_text())
+    metrics = card["metrics"]
+    assert metrics["test_images"] == 30 or family == "gan"
+    if family in ("ae", "dae", "sparse-ae", "vae"):
+        assert 0 < metrics["psnr"] < 60 and 0 < metrics["pca_psnr"] < 60
+    if family == "dae":
+        assert set(metrics["baselines"]) >= {"non-local means sigma 0.1", "gaussian blur sigma 0.5"}
+        # the corrupted input is worse at higher noise
+        assert metrics["psnr_noisy_input_0.1"] > metrics["psnr_noisy_input_0.5"]
+    if family == "vae":
+        assert metrics["iwae_nats"] <= metrics["neg_elbo_nats"] + 5  # IWAE is the tighter bound
+        assert metrics["iwae_samples"] == 8
+    if family == "gan":
+        assert sum(metrics["class_shares"].values()) == pytest.approx(1.0)
+        assert metrics["frechet_distance"] >= 0
+    if family == "classifier-fashion":
+        assert 0 <= metrics["accuracy"] <= 1
+    assert card["quality_floors"] == []  # floors apply to Fashion-MNIST models only
+
+
+def test_psnr_and_pca_numbers() -> None:
+    x = np.zeros((2, 4))
+    assert psnr(x + 0.1, x) == pytest.approx([20.0, 20.0])
+    rng = np.random.default_rng(0)
+    data = rng.random((50, 3)) @ np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 0]]) * 0.5
+    pca = PCA(data, 2)  # the data lie on a plane: two components reconstruct it exactly
+    assert np.allclose(pca.reconstruct(data), data)
+
+
+def test_frechet_distance_of_shifted_gaussians() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + np.array([1.0, 2.0, 0.0])) == pytest.approx(5.0, abs=0.01)
+
+
+def test_tuning_picks_a_sensible_blur() -> None:
+    clean = np.zeros((4, 1, 16, 16))
+    clean[:, :, 4:12, 4:12] = 1.0
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.3, clean.shape), 0, 1)
+    param, score = tune_denoiser("gaussian blur", noisy, clean, 0.3)
+    assert param >= 0.6 and score > float(psnr(noisy, clean).mean())
+
+
+def test_active_units() -> None:
+    means = torch.cat([torch.randn(100, 2), torch.zeros(100, 3)], 1).numpy()
+    assert active_units(means) == 2

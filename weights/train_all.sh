@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Retrain and re-evaluate every shipped model, one after another (never two at once on
+# 2 cores). `make weights` runs this; `bash weights/train_all.sh ae vae` does just those.
+# Logs go to runs/logs/NAME.log. Total on 2 cores: about 90 minutes of training.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+mkdir -p runs/logs
+
+declare -A RECIPE=(
+  [classifier-fashion]="--family classifier --epochs 10 --latent-dim 128"
+  [ae-fashion]="--family ae --latent-dim 32 --epochs 40 --batch-size 64 --lr 3e-3"
+  [dae-fashion]="--family dae --latent-dim 392 --spatial-code --epochs 30 --batch-size 64 --lr 3e-3"
+  [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"
+  [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64"
+  [stacked-ae-fashion]="--family stacked-ae --latent-dim 16 --hidden-sizes 1024,256 --no-tied-weights --pretrain-epochs 2 --epochs 40 --batch-size 64 --lr 1e-3"
+  [sparse-ae-fashion]="--family sparse-ae --latent-dim 32 --sparsity-target 0.1 --sparsity-weight 2 --epochs 30 --batch-size 64 --lr 3e-3"
+)
+ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion stacked-ae-fashion sparse-ae-fashion)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
+
+for name in "${names[@]}"; do
+  [ -n "${RECIPE[$name]:-}" ] || { echo "unknown model $name; known: ${ORDER[*]}" >&2; exit 2; }
+  echo "== training $name"
+  # shellcheck disable=SC2086
+  $PY -m training train ${RECIPE[$name]} --dataset fashion-mnist --seed 0 \
+      --out "weights/$name" --overwrite --checkpoint-dir "runs/$name" 2>&1 | tee "runs/logs/$name.log"
+done
+if [ "${SKIP_EVALUATE:-0}" != 1 ]; then
+  for name in "${names[@]}"; do
+    echo "== evaluating $name"
+    $PY -m training evaluate --model "weights/$name" 2>&1 | tee "runs/logs/$name.eval.log"
+  done
+fi
