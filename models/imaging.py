@@ -9,6 +9,30 @@ import torch
 from PIL import Image
 
 
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL image to 8-bit 'L' (channels=1) or 'RGB' (channels=3).
+
+    Transparent pixels are composited onto white; 16-bit and 32-bit greyscale are scaled to
+    8 bits; palette, CMYK, YCbCr and the rest go through PIL's own conversion.
+    """
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    elif img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255, 0, 255).round().astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(
+            np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8)
+        )
+    return img.convert("L" if channels == 1 else "RGB")
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """x float [B, C, H, W] in [0, 1] -> uint8 array [B, H, W, C]."""
     arr = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)

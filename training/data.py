@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from models.imaging import to_mode
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -200,17 +202,6 @@ def _common_shape(root: Path, opened: list[tuple[Path, str, Image.Image]]) -> tu
 
 def _channels(img: Image.Image) -> int:
     return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-
-
-def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert to 'L' or 'RGB'; transparent pixels are composited onto white."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = img.point(lambda v: v / 256).convert("L")  # 16-bit -> 8-bit
-    return img.convert("L" if channels == 1 else "RGB")
 
 
 def _to_array(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:

@@ -8,7 +8,7 @@ PY=${PY:-.venv/bin/python}
 mkdir -p runs/logs
 
 declare -A RECIPE=(
-  [classifier-fashion]="--family classifier --epochs 10 --latent-dim 128"
+  [classifier-fashion]="--family classifier --epochs 20 --latent-dim 128"
   [ae-fashion]="--family ae --latent-dim 32 --epochs 40 --batch-size 64 --lr 3e-3"
   [dae-fashion]="--family dae --latent-dim 392 --spatial-code --epochs 30 --batch-size 64 --lr 3e-3"
   [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"

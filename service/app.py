@@ -1,0 +1,87 @@
+"""The app factory: ``create_app(Settings())`` builds a complete, independent service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from . import errors
+from .batching import BatchEngine
+from .config import Settings
+from .deps import AppState
+from .inference import Operations
+from .metrics import Metrics
+from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from .registry import ModelRegistry
+from .routes import admin, health, models
+
+log = logging.getLogger("latentserve")
+STATIC = Path(__file__).parent / "static"
+DESCRIPTION = """Encode, decode, reconstruct, denoise, interpolate and generate images with
+autoencoders, VAEs and GANs. Images go in as multipart uploads, base64 JSON or raw PNG/JPEG
+bodies; results come back as JSON with PNG data URLs, raw arrays, PNG or GIF."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    registry = ModelRegistry(settings.weights_dir, settings.models)
+    engine = BatchEngine(
+        settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
+        settings.torch_threads, on_batch=metrics.observe_batch,
+    )  # fmt: skip
+    state = AppState(settings, registry, engine, Operations(engine), metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        await engine.start()
+        loading = asyncio.create_task(asyncio.to_thread(load_models, state))
+        try:
+            yield
+        finally:
+            await loading
+            await engine.stop()
+
+    app = FastAPI(
+        title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+        docs_url="/docs", openapi_url="/openapi.json", redoc_url=None,
+    )  # fmt: skip
+    app.state.latentserve = state
+    errors.install(app)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    if settings.api_key is not None:
+        app.include_router(admin.router)
+    if settings.demo_page and (STATIC / "index.html").exists():
+        app.mount("/demo", StaticFiles(directory=STATIC, html=True), name="demo")
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            return RedirectResponse("/demo/")
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Accept", "X-API-Key"], expose_headers=["X-Latentserve-Seed"],
+        )  # fmt: skip
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, registry=registry)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def load_models(state: AppState) -> None:
+    report = state.registry.load_all()
+    for name, lm in state.registry.models.items():
+        state.metrics.load_seconds.labels(name).set(lm.load_seconds)
+    state.metrics.models_failed.set(len(state.registry.failed))
+    log.info("models ready: %s; failed: %s", report["loaded"], list(report["failed"]) or "none")

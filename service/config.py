@@ -1,0 +1,92 @@
+"""The one source of configuration: environment variables prefixed ``LATENTSERVE_``.
+
+Every field below is documented in the README's settings table. Lists accept JSON
+(``["a","b"]``) or a comma-separated string (``a,b``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+PLACEHOLDER_KEYS = {"changeme", "change-me", "secret", "password", "apikey", "api-key", "test"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LATENTSERVE_", extra="forbid")
+
+    # where models come from
+    weights_dir: Path = Field(
+        DEFAULT_WEIGHTS, description="folder holding one sub-folder per model"
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="model names to load (empty: every folder in weights_dir)"
+    )
+    # network
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (none by default)",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="enables /v1/admin/*, which then needs this value in X-API-Key"
+    )
+    # limits
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)"
+    )
+    max_image_pixels: int = Field(
+        16_777_216,
+        ge=64,
+        description="largest decoded image, width x height, checked before decoding",
+    )
+    max_n: int = Field(256, ge=1, le=4096, description="largest n for generate")
+    max_steps: int = Field(64, ge=2, le=1024, description="largest steps for interpolate")
+    # batching and compute
+    max_batch_size: int = Field(64, ge=1, description="most images in one forward pass")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description="how long a batch waits for company")
+    max_queue: int = Field(2048, ge=1, description="queued requests before 503 + Retry-After")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads for inference")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG replies")
+    # process
+    graceful_timeout_s: int = Field(
+        30, ge=0, description="on SIGTERM, time to finish in-flight requests"
+    )
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    demo_page: bool = Field(True, description="serve the demo front end at /")
+
+    @field_validator("models", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_urls(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"CORS origin {origin!r} must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_weak_api_key(self) -> Settings:
+        if self.api_key is not None:
+            key = self.api_key.get_secret_value()
+            if len(key) < 16 or key.lower() in PLACEHOLDER_KEYS:
+                raise ValueError(
+                    "LATENTSERVE_API_KEY must be at least 16 characters and not a placeholder; "
+                    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+        return self

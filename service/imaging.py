@@ -1,0 +1,173 @@
+"""Uploaded bytes -> model-ready tensors, and tensors -> PNG / GIF / data URLs.
+
+The conversion rule (documented in the README):
+1. Only PNG, JPEG, GIF, WebP and BMP are decoded; anything else is refused (415). An
+   animated image contributes its first frame.
+2. The pixel count is read from the header and checked against the limit *before*
+   decoding, so a decompression bomb costs nothing.
+3. The image is converted to the model's channels: transparency is composited onto white,
+   16-bit greyscale scaled to 8 bits, CMYK/palette converted, then greyscale ('L') or RGB.
+4. A non-square image is padded to a square with the median colour of its border.
+5. It is resized to the model's side with Lanczos (antialiased) resampling.
+6. ``invert`` flips it (x -> 1 - x): the Fashion-MNIST models expect light objects on a
+   dark background, so dark-on-light drawings and photos should be inverted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.imaging import make_grid, to_mode, to_pil, to_uint8
+
+ALLOWED_FORMATS = {"PNG", "JPEG", "GIF", "WEBP", "BMP"}
+DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
+
+
+class ImageError(ValueError):
+    """The upload is not an image we can use; the message tells the client why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_base64(text: str, field: str) -> bytes:
+    """Plain base64 or a ``data:image/...;base64,`` URL -> bytes."""
+    if not isinstance(text, str) or not text:
+        raise ImageError(f"{field}: expected a non-empty base64 string or data: URL")
+    match = DATA_URL.match(text)
+    if match:
+        text = text[match.end() :]
+    elif text.startswith("data:"):
+        raise ImageError(f"{field}: data URLs must be base64-encoded (data:image/png;base64,...)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{field}: not valid base64") from None
+
+
+def sniff(data: bytes) -> str | None:
+    """The format named by the file's magic bytes, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith(b"BM"):
+        return "BMP"
+    return None
+
+
+def describe_bytes(data: bytes) -> str:
+    head = data[:256].lstrip().lower()
+    if head.startswith(b"%pdf"):
+        return "a PDF document"
+    if head.startswith((b"<svg", b"<?xml")) or b"<svg" in head:
+        return "an SVG/XML document"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML document"
+    return "not a PNG, JPEG, GIF, WebP or BMP image"
+
+
+def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode an upload into a PIL image, refusing what is empty, hostile or too large."""
+    if not data:
+        raise ImageError(f"{field}: the image is empty (0 bytes)")
+    kind = sniff(data)
+    if kind is None:
+        raise ImageError(f"{field}: {describe_bytes(data)}; send a PNG or JPEG", status=415)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[kind])
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{field}: {width}x{height} is {width * height} pixels, more than the "
+                    f"limit of {max_pixels}; downscale it first",
+                    status=413,
+                )
+            if width < 1 or height < 1:
+                raise ImageError(f"{field}: the image has no pixels")
+            img.seek(0)  # first frame of an animation
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(
+            f"{field}: {exc}; the limit here is {max_pixels} pixels", status=413
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{field}: the {kind} data is truncated or corrupt ({exc})") from None
+    return img
+
+
+def pad_to_square(img: Image.Image) -> Image.Image:
+    width, height = img.size
+    if width == height:
+        return img
+    arr = np.asarray(img)
+    border = np.concatenate(
+        [arr[0].reshape(-1, arr.shape[-1] if arr.ndim == 3 else 1),
+         arr[-1].reshape(-1, arr.shape[-1] if arr.ndim == 3 else 1),
+         arr[:, 0].reshape(-1, arr.shape[-1] if arr.ndim == 3 else 1),
+         arr[:, -1].reshape(-1, arr.shape[-1] if arr.ndim == 3 else 1)]
+    )  # fmt: skip
+    fill = tuple(int(v) for v in np.median(border, axis=0))
+    side = max(width, height)
+    return ImageOps.pad(img, (side, side), color=fill[0] if img.mode == "L" else fill)
+
+
+def image_to_tensor(
+    data: bytes, shape: tuple[int, int, int], field: str, max_pixels: int, invert: bool = False
+) -> torch.Tensor:
+    """Apply the conversion rule: bytes -> float tensor [1, C, H, W] in [0, 1]."""
+    channels, side, _ = shape
+    img = pad_to_square(to_mode(open_image(data, field, max_pixels), channels))
+    if img.size != (side, side):
+        img = img.resize((side, side), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    x = torch.from_numpy(arr.copy()).float().div_(255).unsqueeze(0)
+    return 1 - x if invert else x
+
+
+def png_bytes(x: torch.Tensor, compress_level: int = 1) -> bytes:
+    """One image [C, H, W] or a grid of several [B, C, H, W] -> PNG bytes."""
+    image = (
+        make_grid(x)
+        if x.ndim == 4 and len(x) > 1
+        else to_pil(to_uint8(x.reshape(1, *x.shape[-3:]))[0])
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def gif_bytes(frames: torch.Tensor, scale: int = 4, frame_ms: int = 80) -> bytes:
+    """Frames [T, C, H, W] -> an animated GIF that plays forward then back, looping."""
+    images = [to_pil(a) for a in to_uint8(frames)]
+    images = [
+        im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images
+    ]
+    sequence = images + images[-2:0:-1]
+    buffer = io.BytesIO()
+    sequence[0].save(
+        buffer, format="GIF", save_all=True, append_images=sequence[1:], duration=frame_ms, loop=0
+    )
+    return buffer.getvalue()

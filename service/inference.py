@@ -1,0 +1,105 @@
+"""The operations, as calls into the batching engine. Routes call these and nothing else.
+
+Everything random (latent draws for generate, corruption for denoise) happens here, on the
+request path and per request, from the request's own seed: batching never changes which
+images a seed gives.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import torch
+from fastapi import HTTPException
+
+from models import corrupt
+from models.classifier import Classifier
+from models.vae import VAE
+
+from .batching import BatchEngine
+from .registry import LoadedModel
+
+
+def new_seed() -> int:
+    return secrets.randbits(63)
+
+
+def check_latents(lm: LoadedModel, rows: list[list[float]], field: str) -> torch.Tensor:
+    """List of latent vectors -> tensor [B, latent_dim]; the length and finiteness are checked."""
+    k = lm.model.latent_dim
+    for i, row in enumerate(rows):
+        if len(row) != k:
+            where = field if len(rows) == 1 else f"{field}[{i}]"
+            raise HTTPException(
+                422, f"{where}: {lm.name} takes latents of length {k}, got {len(row)}"
+            )
+    z = torch.tensor(rows, dtype=torch.float32)
+    if not torch.isfinite(z).all() or z.abs().max() > 1e4:
+        raise HTTPException(
+            422, f"{field}: values must be finite numbers of magnitude at most 10000"
+        )
+    return z
+
+
+def interpolation_path(za: torch.Tensor, zb: torch.Tensor, steps: int, method: str) -> torch.Tensor:
+    """[K], [K] -> [steps, K]. slerp follows the great circle (Shoemake 1985; White 2016,
+    "Sampling Generative Networks"), which keeps Gaussian latents at a typical norm."""
+    t = torch.linspace(0, 1, steps).unsqueeze(1)  # [steps, 1]
+    if method == "slerp":
+        a, b = za / za.norm().clamp_min(1e-8), zb / zb.norm().clamp_min(1e-8)
+        omega = torch.arccos((a * b).sum().clamp(-1 + 1e-7, 1 - 1e-7))
+        if float(omega) > 1e-4:
+            so = torch.sin(omega)
+            return (torch.sin((1 - t) * omega) / so) * za + (torch.sin(t * omega) / so) * zb
+    return (1 - t) * za + t * zb
+
+
+class Operations:
+    def __init__(self, engine: BatchEngine) -> None:
+        self.engine = engine
+
+    async def encode(self, lm: LoadedModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = lm.model
+        if isinstance(model, VAE):
+            mu, log_var = await self.engine.run((lm, "encode"), model.encode_distribution, x)
+            return {"latent": mu, "mean": mu, "log_var": log_var}
+        z = await self.engine.run((lm, "encode"), model.encode, x)
+        assert isinstance(z, torch.Tensor)
+        return {"latent": z}
+
+    async def decode(self, lm: LoadedModel, z: torch.Tensor) -> torch.Tensor:
+        out = await self.engine.run((lm, "decode"), lm.model.decode, z)
+        assert isinstance(out, torch.Tensor)
+        return out
+
+    async def reconstruct(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        out = await self.engine.run((lm, "reconstruct"), lm.model.reconstruct, x)
+        assert isinstance(out, torch.Tensor)
+        return out
+
+    async def classify(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        model = lm.model
+        assert isinstance(model, Classifier)
+        out = await self.engine.run((lm, "classify"), model.classify, x)
+        assert isinstance(out, torch.Tensor)
+        return out
+
+    def corrupt(self, x: torch.Tensor, kind: str, level: float, seed: int) -> torch.Tensor:
+        return corrupt(x, kind, level, torch.Generator().manual_seed(seed))
+
+    def prior_latents(self, lm: LoadedModel, n: int, seed: int, temperature: float) -> torch.Tensor:
+        return lm.model.sample_latent(n, torch.Generator().manual_seed(seed), temperature)
+
+    async def generate(
+        self, lm: LoadedModel, n: int, seed: int, temperature: float
+    ) -> torch.Tensor:
+        return await self.decode(lm, self.prior_latents(lm, n, seed, temperature))
+
+    async def interpolate(
+        self, lm: LoadedModel, za: torch.Tensor, zb: torch.Tensor, steps: int, method: str
+    ) -> torch.Tensor:
+        path = interpolation_path(za, zb, steps, method)
+        if not torch.isfinite(path).all() or not math.isfinite(float(path.abs().max())):
+            raise HTTPException(422, "the interpolation path is not finite")
+        return await self.decode(lm, path)

@@ -1,0 +1,51 @@
+"""Prometheus metrics, one registry per app so tests can build several apps."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "latentserve_requests",
+            "HTTP requests",
+            ["route", "model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "latentserve_request_seconds", "request latency", ["route"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "latentserve_batch_size", "images per forward pass", ["model", "operation"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "latentserve_batch_seconds", "forward pass time", ["model", "operation"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "latentserve_queue_depth", "requests waiting for inference", registry=self.registry
+        )
+        self.load_seconds = Gauge(
+            "latentserve_model_load_seconds",
+            "time to load each model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.models_failed = Gauge(
+            "latentserve_models_failed", "models that failed to load", registry=self.registry
+        )
+
+    def observe_batch(self, key: Hashable, rows: int, seconds: float) -> None:
+        """``key`` is the engine's batch key: (LoadedModel, operation name)."""
+        assert isinstance(key, tuple)
+        name, operation = str(key[0].name), str(key[1])
+        self.batch_size.labels(name, operation).observe(rows)
+        self.batch_seconds.labels(name, operation).observe(seconds)

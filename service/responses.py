@@ -1,0 +1,80 @@
+"""Shape replies: JSON with PNG data URLs (default), raw float arrays, a PNG, or a GIF."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+
+from .imaging import data_url, gif_bytes, png_bytes
+
+MIME = {
+    "json": "application/json",
+    "array": "application/json",
+    "png": "image/png",
+    "gif": "image/gif",
+}
+
+
+def choose_format(request: Request, allowed: tuple[str, ...]) -> str:
+    """``?format=`` wins; else the first acceptable type in ``Accept``; else JSON."""
+    fmt = request.query_params.get("format")
+    if fmt is not None:
+        if fmt not in allowed:
+            raise HTTPException(
+                406, f"format={fmt!r} is not available here; choose one of {', '.join(allowed)}"
+            )
+        return fmt
+    accept = request.headers.get("accept", "")
+    for part in accept.split(","):
+        mime = part.split(";")[0].strip().lower()
+        if mime in ("*/*", "", "application/*", "application/json"):
+            return "json"
+        for fmt, m in MIME.items():
+            if mime == m and fmt in allowed and fmt != "array":
+                return fmt
+        if mime == "image/*" and "png" in allowed:
+            return "png"
+    if accept.strip():
+        offered = ", ".join(MIME[f] for f in allowed if f != "array")
+        raise HTTPException(406, f"cannot answer with {accept!r}; this route offers {offered}")
+    return "json"
+
+
+def image_reply(
+    fmt: str,
+    images: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    compress_level: int,
+    single: bool,
+) -> Response:
+    """Render named image batches (the first is the main result) in the chosen format."""
+    main = next(iter(images.values()))
+    headers = {
+        f"X-Latentserve-{k.replace('_', '-').title()}": str(v)
+        for k, v in meta.items()
+        if isinstance(v, int | float | str)
+    }
+    if fmt == "png":
+        return Response(
+            png_bytes(main if len(main) > 1 else main[0], compress_level),
+            media_type="image/png",
+            headers=headers,
+        )
+    if fmt == "gif":
+        return Response(gif_bytes(main), media_type="image/gif", headers=headers)
+    body: dict[str, Any] = dict(meta)
+    for name, batch in images.items():
+        if fmt == "array":
+            value: Any = [img.tolist() for img in batch]
+        else:
+            value = [data_url(png_bytes(img, compress_level)) for img in batch]
+        if single:
+            body[name] = value[0]
+        else:
+            body[name] = value
+    body["shape"] = list(main.shape[1:])
+    body["count"] = len(main)
+    return JSONResponse(body)

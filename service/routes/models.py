@@ -1,0 +1,240 @@
+"""/v1/models: list models, describe one, and run every operation on it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import AppState, State, find_model
+from ..imaging import image_to_tensor
+from ..inference import check_latents, new_seed
+from ..parsing import Parsed, parse_request, validate
+from ..registry import LoadedModel
+from ..responses import choose_format, image_reply
+from ..schemas import DecodeParams, DenoiseParams, GenerateParams, ImageParams, InterpolateParams
+from .openapi import IMAGE_RESPONSES, TINY_PNG, body
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+IMAGE_FORMATS = ("json", "array", "png")
+BIG_UPLOAD = 256 * 1024  # decode bigger uploads off the event loop
+
+
+@router.get("", summary="List the served models")
+async def list_models(state: State) -> dict[str, Any]:
+    """Every model that is serving, with its shape, operations and card metrics."""
+    return {"models": [lm.describe() for lm in state.registry.models.values()]}
+
+
+@router.get("/{name}", summary="Describe one model")
+async def describe_model(name: str, state: State) -> dict[str, Any]:
+    """Family, image shape, latent size, operations, class names and test metrics."""
+    return find_model(state, name).describe()
+
+
+async def images_from(
+    state: AppState, lm: LoadedModel, parsed: Parsed, fields: tuple[str, ...], invert: bool
+) -> dict[str, torch.Tensor]:
+    out = {}
+    for field in fields:
+        data = parsed.images.get(field)
+        if data is None:
+            raise HTTPException(
+                422, f"{field}: an image is required (multipart file, base64 in JSON, or raw body)"
+            )
+        args = (data, lm.model.image_shape, field, state.settings.max_image_pixels, invert)
+        out[field] = (
+            await run_in_threadpool(image_to_tensor, *args)
+            if len(data) > BIG_UPLOAD
+            else image_to_tensor(*args)
+        )
+    return out
+
+
+def ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+@router.post(
+    "/{name}/encode", summary="Image -> latent", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    openapi_extra=body(ImageParams, {"image": TINY_PNG, "invert": False}, ("image",)),
+)  # fmt: skip
+async def encode(name: str, request: Request, state: State) -> dict[str, Any]:
+    """Encode an image; a VAE also returns the posterior mean and log-variance."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "encode")
+    parsed = await parse_request(request, ("image",))
+    params = validate(ImageParams, parsed.params)
+    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    result = await state.operations.encode(lm, x)
+    reply: dict[str, Any] = {key: value[0].tolist() for key, value in result.items()}
+    return {**reply, "latent_dim": lm.model.latent_dim, "model": name, "timing_ms": ms(started)}
+
+
+@router.post(
+    "/{name}/decode", summary="Latent(s) -> image(s)", responses=IMAGE_RESPONSES,
+    openapi_extra=body(DecodeParams, {"latent": [0.0] * 4}),
+)  # fmt: skip
+async def decode(name: str, request: Request, state: State) -> Response:
+    """Decode one latent (`latent`) or several (`latents`)."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "decode")
+    fmt = choose_format(request, IMAGE_FORMATS)
+    params = validate(DecodeParams, (await parse_request(request)).params)
+    rows = [params.latent] if params.latent is not None else params.latents or []
+    field = "latent" if params.latent is not None else "latents"
+    images = await state.operations.decode(lm, check_latents(lm, rows, field))
+    meta = {"model": name, "timing_ms": ms(started)}
+    return image_reply(
+        fmt, {"images": images}, meta, state.settings.png_compress_level, single=False
+    )
+
+
+@router.post(
+    "/{name}/reconstruct", summary="Image -> image through the code", responses=IMAGE_RESPONSES,
+    openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
+)  # fmt: skip
+async def reconstruct(name: str, request: Request, state: State) -> Response:
+    """Encode and decode an image."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "reconstruct")
+    fmt = choose_format(request, IMAGE_FORMATS)
+    parsed = await parse_request(request, ("image",))
+    params = validate(ImageParams, parsed.params)
+    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    out = await state.operations.reconstruct(lm, x)
+    meta = {"model": name, "timing_ms": ms(started)}
+    return image_reply(fmt, {"image": out}, meta, state.settings.png_compress_level, single=True)
+
+
+@router.post(
+    "/{name}/denoise", summary="Noisy image -> clean image", responses=IMAGE_RESPONSES,
+    openapi_extra=body(DenoiseParams, {"image": TINY_PNG, "noise": {"kind": "gaussian", "level": 0.3, "seed": 7}}, ("image",)),
+)  # fmt: skip
+async def denoise(name: str, request: Request, state: State) -> Response:
+    """Denoise an image; with `noise`, corrupt it on the server first and return both."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "denoise")
+    fmt = choose_format(request, IMAGE_FORMATS)
+    parsed = await parse_request(request, ("image",))
+    params = validate(DenoiseParams, parsed.params)
+    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    meta: dict[str, Any] = {"model": name}
+    if params.noise_kind is not None:
+        seed = params.noise_seed if params.noise_seed is not None else new_seed()
+        x = state.operations.corrupt(x, params.noise_kind, params.noise_level, seed)
+        meta.update(noise_kind=params.noise_kind, noise_level=params.noise_level, noise_seed=seed)
+    out = await state.operations.reconstruct(lm, x)
+    images = {"image": out, "input": x} if params.include_input else {"image": out}
+    meta["timing_ms"] = ms(started)
+    return image_reply(fmt, images, meta, state.settings.png_compress_level, single=True)
+
+
+@router.post(
+    "/{name}/interpolate", summary="Frames between two images, latents or seeds", responses=IMAGE_RESPONSES,
+    openapi_extra=body(InterpolateParams, {"seed_a": 1, "seed_b": 2, "steps": 8, "method": "slerp"}, ("image", "image_b")),
+)  # fmt: skip
+async def interpolate(name: str, request: Request, state: State) -> Response:
+    """Decode a path between two ends: `image`+`image_b`, `latent_a`+`latent_b`, or `seed_a`+`seed_b`."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "interpolate")
+    fmt = choose_format(request, ("json", "array", "png", "gif"))
+    parsed = await parse_request(request, ("image", "image_b"))
+    params = validate(InterpolateParams, parsed.params)
+    if params.steps > state.settings.max_steps:
+        raise HTTPException(422, f"steps: at most {state.settings.max_steps}, got {params.steps}")
+    za, zb = await interpolation_ends(state, lm, parsed, params)
+    frames = await state.operations.interpolate(lm, za, zb, params.steps, params.method)
+    meta = {"model": name, "steps": params.steps, "method": params.method, "timing_ms": ms(started)}
+    return image_reply(
+        fmt, {"frames": frames}, meta, state.settings.png_compress_level, single=False
+    )
+
+
+async def interpolation_ends(
+    state: AppState, lm: LoadedModel, parsed: Parsed, params: InterpolateParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    given = {
+        "images": bool(parsed.images),
+        "latents": params.latent_a is not None or params.latent_b is not None,
+        "seeds": params.seed_a is not None or params.seed_b is not None,
+    }
+    if sum(given.values()) != 1:
+        raise HTTPException(
+            422,
+            "give exactly one pair of ends: image + image_b, latent_a + latent_b, or seed_a + seed_b",
+        )
+    if given["images"]:
+        if "encode" not in lm.operations:
+            raise HTTPException(
+                400,
+                f"model {lm.name!r} cannot encode images; interpolate it between seed_a and seed_b",
+            )
+        x = await images_from(state, lm, parsed, ("image", "image_b"), params.invert)
+        z = (await state.operations.encode(lm, torch.cat([x["image"], x["image_b"]])))["latent"]
+        return z[0], z[1]
+    if given["latents"]:
+        if params.latent_a is None or params.latent_b is None:
+            raise HTTPException(422, "give both latent_a and latent_b")
+        z = check_latents(lm, [params.latent_a, params.latent_b], "latent_a/latent_b")
+        return z[0], z[1]
+    if "generate" not in lm.operations:
+        raise HTTPException(
+            400, f"model {lm.name!r} has no prior to draw seeds from; use images or latents"
+        )
+    if params.seed_a is None or params.seed_b is None:
+        raise HTTPException(422, "give both seed_a and seed_b")
+    ops = state.operations
+    za = ops.prior_latents(lm, 1, params.seed_a, params.temperature)[0]
+    zb = ops.prior_latents(lm, 1, params.seed_b, params.temperature)[0]
+    return za, zb
+
+
+@router.post(
+    "/{name}/generate", summary="Sample new images", responses=IMAGE_RESPONSES,
+    openapi_extra=body(GenerateParams, {"n": 16, "seed": 42, "temperature": 0.8}),
+)  # fmt: skip
+async def generate(name: str, request: Request, state: State) -> Response:
+    """Draw `n` images from the prior; the same `seed` gives the same images on any replica."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "generate")
+    fmt = choose_format(request, IMAGE_FORMATS)
+    params = validate(GenerateParams, (await parse_request(request)).params)
+    if params.n > state.settings.max_n:
+        raise HTTPException(422, f"n: at most {state.settings.max_n}, got {params.n}")
+    seed = params.seed if params.seed is not None else new_seed()
+    images = await state.operations.generate(lm, params.n, seed, params.temperature)
+    meta = {
+        "model": name,
+        "seed": seed,
+        "temperature": params.temperature,
+        "timing_ms": ms(started),
+    }
+    return image_reply(
+        fmt, {"images": images}, meta, state.settings.png_compress_level, single=False
+    )
+
+
+@router.post(
+    "/{name}/classify", summary="Image -> class probabilities", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
+)  # fmt: skip
+async def classify(name: str, request: Request, state: State) -> dict[str, Any]:
+    """Classify an image with a classifier model."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "classify")
+    parsed = await parse_request(request, ("image",))
+    params = validate(ImageParams, parsed.params)
+    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    probs = (await state.operations.classify(lm, x))[0]
+    names = lm.class_names or [str(i) for i in range(len(probs))]
+    return {
+        "label": names[int(probs.argmax())],
+        "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)},
+        "model": name,
+        "timing_ms": ms(started),
+    }

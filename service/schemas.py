@@ -1,0 +1,64 @@
+"""Request parameters and reply shapes. Unknown fields are refused, not ignored."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ImageParams(Params):
+    invert: bool = Field(False, description="flip dark-on-light images (x -> 1 - x) before use")
+
+
+class DenoiseParams(ImageParams):
+    noise_kind: Literal["gaussian", "salt_pepper", "mask"] | None = Field(
+        None, description="corrupt the upload on the server first (to demonstrate denoising)"
+    )
+    noise_level: float = Field(0.3, ge=0.0, le=1.0, description="sigma, or fraction of pixels hit")
+    noise_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the corruption")
+    include_input: bool = Field(True, description="also return the (corrupted) input image")
+
+
+class DecodeParams(Params):
+    latent: list[float] | None = Field(None, max_length=4096, description="one latent vector")
+    latents: list[list[float]] | None = Field(
+        None, max_length=256, description="several latent vectors"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DecodeParams:
+        if (self.latent is None) == (self.latents is None):
+            raise ValueError(
+                "give exactly one of 'latent' (a list of numbers) or 'latents' (a list of lists)"
+            )
+        if self.latents is not None and not self.latents:
+            raise ValueError("'latents' is empty")
+        return self
+
+
+class InterpolateParams(ImageParams):
+    latent_a: list[float] | None = Field(None, max_length=4096)
+    latent_b: list[float] | None = Field(None, max_length=4096)
+    seed_a: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed_b: int | None = Field(None, ge=0, le=2**63 - 1)
+    steps: int = Field(8, ge=2, description="frames, both ends included (2..LATENTSERVE_MAX_STEPS)")
+    method: Literal["linear", "slerp"] = "linear"
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="prior scale for seed ends")
+
+
+class GenerateParams(Params):
+    n: int = Field(8, ge=1, description="images to generate (1..LATENTSERVE_MAX_N)")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="same seed, same images; random if absent"
+    )
+    temperature: float = Field(
+        1.0, gt=0.0, le=10.0, description="scales the prior's standard deviation"
+    )
+
+
+OutputFormat = Literal["json", "array", "png", "gif"]

@@ -1,0 +1,67 @@
+"""Shared fixtures: a weights folder of tiny seeded models and a client for an app on it."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service import Settings, create_app
+
+from .factories import write_tiny
+
+TINY_WEIGHTS = {
+    "ae-t": "ae",
+    "dae-t": "dae",
+    "vae-t": "vae",
+    "gan-t": "gan",
+    "stacked-t": "stacked-ae",
+    "sparse-t": "sparse-ae",
+    "classifier-t": "classifier",
+}
+API_KEY = "k" * 24
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("weights")
+    for name, family in TINY_WEIGHTS.items():
+        write_tiny(root / name, family, seed=1)
+    return root
+
+
+def start(app_settings: Settings) -> TestClient:
+    client = TestClient(create_app(app_settings), raise_server_exceptions=False)
+    client.__enter__()
+    deadline = time.monotonic() + 10
+    while client.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+        if client.app.state.latentserve.registry.loaded_once:  # type: ignore[attr-defined]
+            break
+        time.sleep(0.01)
+    return client
+
+
+@pytest.fixture(scope="session")
+def client(weights_dir: Path) -> Iterator[TestClient]:
+    c = start(
+        Settings(weights_dir=weights_dir, api_key=API_KEY, cors_origins=["http://allowed.example"])
+    )
+    yield c
+    c.__exit__(None, None, None)
+
+
+def png(
+    side: int = 28, mode: str = "L", value: int | tuple[int, ...] = 200, fmt: str = "PNG"
+) -> bytes:
+    """A test image: a bright square on a dark background."""
+    arr = np.zeros((side, side) if mode == "L" else (side, side, len(mode)), dtype=np.uint8)
+    arr[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = value
+    buffer = io.BytesIO()
+    Image.fromarray(arr, mode).save(buffer, format=fmt)
+    return buffer.getvalue()

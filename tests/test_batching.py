@@ -1,0 +1,142 @@
+"""The batching engine: exact per-caller results, isolation of failures, bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from service.batching import BatchEngine, EngineStopped, QueueFull
+
+from .factories import tiny_model
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_results_equal_unbatched_results() -> None:
+    ae, vae = tiny_model("ae"), tiny_model("vae", seed=4)
+    inputs = [
+        torch.rand(1 + i % 3, 1, 28, 28, generator=torch.Generator().manual_seed(i))
+        for i in range(40)
+    ]
+    sizes: list[int] = []
+
+    async def main():
+        engine = BatchEngine(max_batch_size=16, on_batch=lambda key, rows, s: sizes.append(rows))
+        await engine.start()
+        calls = []
+        for i, x in enumerate(inputs):  # mixed models and operations in flight at once
+            if i % 3 == 0:
+                calls.append(engine.run(("ae", "reconstruct"), ae.reconstruct, x))
+            elif i % 3 == 1:
+                calls.append(engine.run(("vae", "encode"), vae.encode_distribution, x))
+            else:
+                calls.append(engine.run(("ae", "encode"), ae.encode, x))
+        out = await asyncio.gather(*calls)
+        await engine.stop()
+        return out
+
+    results = run(main())
+    with torch.inference_mode():
+        for i, (x, got) in enumerate(zip(inputs, results, strict=True)):
+            if i % 3 == 0:
+                assert torch.allclose(got, ae.reconstruct(x), atol=1e-5)
+            elif i % 3 == 1:
+                mu, log_var = vae.encode_distribution(x)
+                assert torch.allclose(got[0], mu, atol=1e-5) and torch.allclose(
+                    got[1], log_var, atol=1e-5
+                )
+            else:
+                assert torch.allclose(got, ae.encode(x), atol=1e-5)
+    assert max(sizes) > 3, "requests were never batched together"
+    assert max(sizes) <= 16 and sum(sizes) == sum(len(x) for x in inputs)
+
+
+def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return x * 2
+
+    async def main():
+        engine = BatchEngine(max_batch_size=64, max_wait_s=0.01)
+        await engine.start()
+        good = [torch.full((1, 2), float(i)) for i in range(5)]
+        calls = [engine.run("k", fn, x) for x in good[:2]] + [
+            engine.run("k", fn, torch.full((1, 2), -1.0))
+        ]
+        calls += [engine.run("k", fn, x) for x in good[2:]]
+        out = await asyncio.gather(*calls, return_exceptions=True)
+        await engine.stop()
+        return out
+
+    out = run(main())
+    assert isinstance(out[2], ValueError) and str(out[2]) == "negative input"
+    for value, got in zip([0, 1, 2, 3, 4], out[:2] + out[3:], strict=True):
+        assert torch.equal(got, torch.full((1, 2), 2.0 * value))
+
+
+def test_full_queue_answers_at_once() -> None:
+    gate = threading.Event()
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        gate.wait(5)
+        return x
+
+    async def main():
+        engine = BatchEngine(max_batch_size=1, max_queue=2)
+        await engine.start()
+        first = asyncio.create_task(engine.run("k", slow, torch.zeros(1)))
+        await asyncio.sleep(0.05)  # the first is running, the queue is empty
+        queued = [asyncio.create_task(engine.run("k", slow, torch.zeros(1))) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await engine.run("k", slow, torch.zeros(1))
+        gate.set()
+        await asyncio.gather(first, *queued)
+        await engine.stop()
+        with pytest.raises(EngineStopped):
+            await engine.run("k", slow, torch.zeros(1))
+
+    run(main())
+
+
+def test_stop_finishes_queued_work() -> None:
+    async def main():
+        engine = BatchEngine(max_batch_size=4)
+        await engine.start()
+        tasks = [
+            asyncio.create_task(engine.run("k", lambda x: x + 1, torch.zeros(1))) for _ in range(20)
+        ]
+        await asyncio.sleep(0)
+        await engine.stop()
+        return await asyncio.gather(*tasks)
+
+    assert all(float(t) == 1.0 for t in run(main()))
+
+
+def test_oversized_request_runs_alone() -> None:
+    seen: list[int] = []
+
+    async def main():
+        engine = BatchEngine(max_batch_size=4, on_batch=lambda k, rows, s: seen.append(rows))
+        await engine.start()
+        out = await asyncio.gather(
+            engine.run("k", lambda x: x, torch.zeros(10, 1)),
+            engine.run("k", lambda x: x, torch.zeros(2, 1)),
+        )
+        await engine.stop()
+        return out
+
+    big, small = run(main())
+    assert big.shape == (10, 1) and small.shape == (2, 1)
+    assert sorted(seen) == [2, 10] or seen == [10, 2]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch_size and max_queue must be >= 1"):
+        BatchEngine(max_batch_size=0)
