@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from training.cli import main
-from training.metrics import PCA, active_units, frechet_distance, psnr, tune_denoiser
+from training.metrics import (
+    CLASSICAL_DENOISERS,
+    PCA,
+    active_units,
+    denoise_all,
+    frechet_distance,
+    psnr,
+    tune_denoiser,
+)
 
 SMALL = ["--limit", "30", "--samples", "60", "--iw-samples", "8", "--iw-images", "4",
          "--baseline-images", "4", "--tune-images", "4", "--threads", "1"]  # fmt: skip
@@ -71,6 +79,19 @@ def test_tuning_picks_a_sensible_blur() -> None:
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.3, clean.shape), 0, 1)
     param, score = tune_denoiser("gaussian blur", noisy, clean, 0.3)
     assert param >= 0.6 and score > float(psnr(noisy, clean).mean())
+
+
+@pytest.mark.parametrize("name", ["non-local means", "total variation", "gaussian blur"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_classical_denoisers_keep_the_shape_and_help(name: str, channels: int) -> None:
+    clean = np.zeros((3, channels, 16, 16))
+    clean[:, :, 4:12, 4:12] = 0.8
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 0.2, clean.shape), 0, 1)
+    param, score = tune_denoiser(name, noisy, clean, 0.2)
+    fn, _ = CLASSICAL_DENOISERS[name]
+    out = denoise_all(fn, noisy, param, 0.2)
+    assert out.shape == noisy.shape
+    assert score > float(psnr(noisy, clean).mean()) + 1
 
 
 def test_active_units() -> None:

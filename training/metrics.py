@@ -43,9 +43,16 @@ class PCA:
 def _nl_means(img: np.ndarray, h: float, sigma: float) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
-    return denoise_nl_means(
-        img, h=h * sigma, sigma=sigma, patch_size=3, patch_distance=5, channel_axis=0
+    # channels last and back: with channel_axis=0 skimage drops a single channel axis
+    out = denoise_nl_means(
+        np.moveaxis(img, 0, -1),
+        h=h * sigma,
+        sigma=sigma,
+        patch_size=3,
+        patch_distance=5,
+        channel_axis=-1,
     )
+    return np.moveaxis(out.reshape(*img.shape[1:], img.shape[0]), -1, 0)
 
 
 def _tv(img: np.ndarray, weight: float, sigma: float) -> np.ndarray:
