@@ -1,0 +1,55 @@
+"""SIGTERM: stop accepting, finish what is in flight, exit within the grace period."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from .factories import write_tiny
+from .test_deploy import ROOT, free_port, wait_ready
+
+
+def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
+    # a model slow enough that requests are still running when the signal arrives
+    write_tiny(tmp_path / "slow", "gan", image_shape=(3, 128, 128), width=32)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
+           "LATENTSERVE_WEIGHTS_DIR": str(tmp_path), "LATENTSERVE_GRACEFUL_TIMEOUT_S": "20",
+           "LATENTSERVE_MAX_BATCH_SIZE": "8"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/health/ready")
+
+        def generate(seed: int) -> tuple[int, float]:
+            r = httpx.post(f"{base}/v1/models/slow/generate", json={"n": 64, "seed": seed}, timeout=60)
+            return r.status_code, time.monotonic()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(generate, i) for i in range(8)]
+            time.sleep(0.5)  # all accepted, most still queued or running
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            results = [f.result() for f in futures]
+        assert [status for status, _ in results] == [200] * 8
+        assert max(done for _, done in results) > started, "nothing was in flight at SIGTERM"
+        proc.wait(timeout=30)
+        assert time.monotonic() - started < 25
+        try:
+            httpx.get(f"{base}/health/live", timeout=1)
+            raise AssertionError("the server still accepts connections after SIGTERM")
+        except httpx.ConnectError:
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate(timeout=10)[0]
+    assert "Application shutdown complete." in out and "Traceback" not in out, out[-2000:]
