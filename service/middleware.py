@@ -14,12 +14,13 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
-    (
-        b"content-security-policy",
-        b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-        b"script-src 'self' https://cdn.jsdelivr.net 'unsafe-inline'; frame-ancestors 'none'",
-    ),
 ]
+# The demo page gets a strict CSP; /docs keeps FastAPI's Swagger UI, which loads from a CDN.
+DEMO_CSP = (
+    b"content-security-policy",
+    b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    b"connect-src *; frame-ancestors 'none'",
+)
 
 
 class BodyTooLarge(Exception):
@@ -96,7 +97,12 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                wanted = (
+                    [*SECURITY_HEADERS, DEMO_CSP]
+                    if scope["path"].startswith("/demo")
+                    else SECURITY_HEADERS
+                )
+                extra = [(k, v) for k, v in wanted if k not in names]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

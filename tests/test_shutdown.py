@@ -30,7 +30,9 @@ def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
         wait_ready(f"{base}/health/ready")
 
         def generate(seed: int) -> tuple[int, float]:
-            r = httpx.post(f"{base}/v1/models/slow/generate", json={"n": 64, "seed": seed}, timeout=60)
+            r = httpx.post(
+                f"{base}/v1/models/slow/generate", json={"n": 64, "seed": seed}, timeout=60
+            )
             return r.status_code, time.monotonic()
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:

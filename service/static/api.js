@@ -1,0 +1,33 @@
+// A thin client for the public /v1 API; nothing here knows about the page.
+const params = new URLSearchParams(location.search);
+export const API = (params.get("api") || "").replace(/\/$/, "");
+
+export class ApiError extends Error {}
+
+let inFlight = 0;
+const listeners = new Set();
+export function onBusyChange(fn) { listeners.add(fn); }
+function setBusy(delta) { inFlight += delta; listeners.forEach((fn) => fn(inFlight > 0)); }
+
+export async function call(path, { json, form } = {}) {
+  const init = { method: json || form ? "POST" : "GET", headers: { Accept: "application/json" } };
+  if (json) { init.body = JSON.stringify(json); init.headers["Content-Type"] = "application/json"; }
+  if (form) init.body = form;
+  setBusy(+1);
+  try {
+    let response;
+    try {
+      response = await fetch(API + path, init);
+    } catch {
+      throw new ApiError(`Could not reach the API at ${API || location.origin}: the server is down, or this page's origin is not allowed (CORS).`);
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail ?? body);
+      throw new ApiError(`${response.status}: ${detail}`);
+    }
+    return body;
+  } finally {
+    setBusy(-1);
+  }
+}

@@ -1,0 +1,185 @@
+// latentserve demo: every action is one call to the public /v1 API (see api.js).
+import { ApiError, call, onBusyChange } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+let model = null;      // the description from GET /v1/models
+let frames = [];       // interpolation frames (data URLs)
+let playing = null;
+
+function showError(err) {
+  const box = $("error");
+  box.textContent = err instanceof ApiError ? err.message : `Something went wrong: ${err}`;
+  box.hidden = false;
+}
+function clearError() { $("error").hidden = true; }
+async function run(action) {
+  clearError();
+  try { await action(); } catch (err) { showError(err); }
+}
+onBusyChange((busy) => { $("busy").hidden = !busy; document.body.setAttribute("aria-busy", String(busy)); });
+
+// --- drawing canvas: the single source of "your image" ---
+const canvas = $("draw");
+const ctx = canvas.getContext("2d");
+function clearCanvas() { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height); }
+clearCanvas();
+let drawing = false;
+function point(e) {
+  const r = canvas.getBoundingClientRect();
+  return [(e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height];
+}
+canvas.addEventListener("pointerdown", (e) => { drawing = true; ctx.beginPath(); ctx.moveTo(...point(e)); });
+canvas.addEventListener("pointermove", (e) => {
+  if (!drawing) return;
+  ctx.strokeStyle = "#fff"; ctx.lineWidth = 22; ctx.lineCap = "round"; ctx.lineJoin = "round";
+  ctx.lineTo(...point(e)); ctx.stroke();
+});
+window.addEventListener("pointerup", () => { drawing = false; });
+$("clear").addEventListener("click", clearCanvas);
+$("upload").addEventListener("change", () => run(async () => {
+  const file = $("upload").files[0];
+  if (!file) return;
+  const bitmap = await createImageBitmap(file).catch(() => { throw new ApiError(`${file.name} is not an image this browser can read.`); });
+  clearCanvas();
+  const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
+  const w = bitmap.width * scale, h = bitmap.height * scale;
+  ctx.drawImage(bitmap, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+}));
+function canvasBlob() { return new Promise((resolve) => canvas.toBlob(resolve, "image/png")); }
+async function imageForm(extra = {}) {
+  const form = new FormData();
+  form.append("image", await canvasBlob(), "drawing.png");
+  form.append("invert", $("invert").checked ? "true" : "false");
+  for (const [k, v] of Object.entries(extra)) form.append(k, v);
+  return form;
+}
+
+// --- model picker: only the operations the model supports are shown ---
+function applyModel() {
+  model = JSON.parse($("model").selectedOptions[0].dataset.model);
+  $("model-info").textContent = `${model.family} · ${model.image_shape.join("×")} · latent ${model.latent_dim}`;
+  const ops = new Set(model.operations);
+  document.querySelectorAll("[data-ops]").forEach((el) => {
+    el.hidden = !el.dataset.ops.split(" ").some((op) => ops.has(op));
+  });
+  document.querySelectorAll("[data-op]").forEach((el) => { el.hidden = !ops.has(el.dataset.op); });
+  $("latent-section").hidden = model.family !== "vae";
+  $("ends-images").disabled = !ops.has("encode");
+  $("ends-seeds").disabled = !ops.has("generate");
+  $(ops.has("generate") ? "ends-seeds" : "ends-images").checked = true;
+  if (model.family === "vae") buildSliders();
+}
+$("model").addEventListener("change", () => run(async () => applyModel()));
+
+async function loadModels() {
+  const { models } = await call("/v1/models");
+  const select = $("model");
+  select.replaceChildren(...models.filter((m) => m.operations.length).map((m) => {
+    const option = new Option(`${m.name} (${m.family})`, m.name);
+    option.dataset.model = JSON.stringify(m);
+    return option;
+  }));
+  if (!select.options.length) throw new ApiError("The server has no models loaded yet; reload the page in a moment.");
+  applyModel();
+}
+
+// --- reconstruct, denoise, classify ---
+$("noise-level").addEventListener("input", () => { $("noise-level-out").textContent = $("noise-level").value; });
+$("reconstruct").addEventListener("click", () => run(async () => {
+  const reply = await call(`/v1/models/${model.name}/reconstruct`, { form: await imageForm() });
+  $("original").src = canvas.toDataURL("image/png");
+  $("noisy").removeAttribute("src");
+  $("output").src = reply.image;
+}));
+$("denoise").addEventListener("click", () => run(async () => {
+  const kind = $("noise-kind").value;
+  const extra = kind ? { noise_kind: kind, noise_level: $("noise-level").value, noise_seed: "7" } : {};
+  const reply = await call(`/v1/models/${model.name}/denoise`, { form: await imageForm(extra) });
+  $("original").src = canvas.toDataURL("image/png");
+  $("noisy").src = reply.input;
+  $("output").src = reply.image;
+}));
+
+// --- generate ---
+$("generate").addEventListener("click", () => run(async () => {
+  const reply = await call(`/v1/models/${model.name}/generate`, {
+    json: { n: Number($("n").value), seed: Number($("seed").value), temperature: Number($("temperature").value) },
+  });
+  $("grid").src = await gridFrom(reply.images);
+}));
+async function gridFrom(urls) {
+  const images = await Promise.all(urls.map((u) => new Promise((ok) => { const i = new Image(); i.onload = () => ok(i); i.src = u; })));
+  const cols = Math.ceil(Math.sqrt(images.length)), w = images[0].width, h = images[0].height;
+  const out = document.createElement("canvas");
+  out.width = cols * (w + 2) + 2; out.height = Math.ceil(images.length / cols) * (h + 2) + 2;
+  const g = out.getContext("2d");
+  g.fillStyle = "#fff"; g.fillRect(0, 0, out.width, out.height);
+  images.forEach((img, i) => g.drawImage(img, 2 + (i % cols) * (w + 2), 2 + Math.floor(i / cols) * (h + 2)));
+  return out.toDataURL("image/png");
+}
+
+// --- interpolate: an animation with a frame slider ---
+function showFrame(i) {
+  $("frame").src = frames[i];
+  $("frame-slider").value = i;
+  $("frame-out").textContent = `${i + 1}/${frames.length}`;
+}
+$("frame-slider").addEventListener("input", () => showFrame(Number($("frame-slider").value)));
+$("interpolate").addEventListener("click", () => run(async () => {
+  const steps = $("steps").value, method = $("method").value;
+  let reply;
+  if ($("ends-images").checked) {
+    const second = $("upload-b").files[0];
+    if (!second) throw new ApiError("Choose a second image to interpolate towards.");
+    const form = await imageForm({ steps, method });
+    form.append("image_b", second);
+    reply = await call(`/v1/models/${model.name}/interpolate`, { form });
+  } else {
+    reply = await call(`/v1/models/${model.name}/interpolate`, {
+      json: { seed_a: Number($("seed-a").value), seed_b: Number($("seed-b").value), steps: Number(steps), method },
+    });
+  }
+  frames = reply.frames;
+  $("frame-slider").max = frames.length - 1;
+  $("frame-slider").disabled = false;
+  $("play").disabled = false;
+  showFrame(0);
+}));
+$("play").addEventListener("click", () => {
+  if (playing) { clearInterval(playing); playing = null; $("play").textContent = "Play"; return; }
+  let i = Number($("frame-slider").value), dir = 1;
+  $("play").textContent = "Pause";
+  playing = setInterval(() => {
+    if (i + dir < 0 || i + dir >= frames.length) dir = -dir;
+    i += dir; showFrame(i);
+  }, 90);
+});
+
+// --- VAE latent sliders, decoded live (one request in flight, the latest values win) ---
+let pending = false, dirty = false;
+function buildSliders() {
+  const box = $("sliders");
+  box.replaceChildren();
+  for (let k = 0; k < Math.min(model.latent_dim, 32); k++) {
+    const label = document.createElement("label");
+    label.textContent = `z${k} `;
+    const slider = Object.assign(document.createElement("input"), { type: "range", min: -3, max: 3, step: 0.05, value: 0 });
+    slider.addEventListener("input", decodeSliders);
+    label.append(slider);
+    box.append(label);
+  }
+  decodeSliders();
+}
+async function decodeSliders() {
+  if (pending) { dirty = true; return; }
+  pending = true;
+  const latent = Array.from({ length: model.latent_dim }, (_, k) => Number(($("sliders").children[k]?.querySelector("input") || { value: 0 }).value));
+  await run(async () => {
+    const reply = await call(`/v1/models/${model.name}/decode`, { json: { latent } });
+    $("latent-image").src = reply.images[0];
+  });
+  pending = false;
+  if (dirty) { dirty = false; decodeSliders(); }
+}
+
+run(loadModels);

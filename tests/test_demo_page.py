@@ -1,0 +1,223 @@
+"""The demo page in a real browser (Debian's Chromium driven by Playwright): every operation,
+non-blank results, plain-words errors, screenshots, and the CORS rule from other origins."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from .test_deploy import ROOT, free_port, wait_ready
+
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+STATIC = ROOT / "service" / "static"
+SHOTS = Path(os.environ.get("LATENTSERVE_SCREENSHOTS", ROOT / "runs" / "screenshots"))
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"), reason="apt-get install chromium"
+)
+
+RANGE_JS = """async (selector) => {
+  const img = document.querySelector(selector);
+  if (!img || !img.src) return -1;
+  await img.decode();
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data;
+  let lo = 255, hi = 0;
+  for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+  return hi - lo;
+}"""
+
+
+def serve_static(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(STATIC)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, str]]:
+    if not any((ROOT / "weights").glob("*/model.safetensors")):
+        pytest.skip("the shipped weights are not in weights/ yet")
+    api, allowed, denied = free_port(), free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(api),
+           "LATENTSERVE_CORS_ORIGINS": f"http://127.0.0.1:{allowed}"}  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    procs += [serve_static(allowed), serve_static(denied)]
+    try:
+        wait_ready(f"http://127.0.0.1:{api}/health/ready")
+        wait_ready(f"http://127.0.0.1:{allowed}/index.html")
+        wait_ready(f"http://127.0.0.1:{denied}/index.html")
+        yield {
+            "api": f"http://127.0.0.1:{api}",
+            "allowed": f"http://127.0.0.1:{allowed}",
+            "denied": f"http://127.0.0.1:{denied}",
+        }
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(params=[True])
+def page(browser, request):
+    # Playwright's string predicates need eval, which our CSP forbids: the operations test
+    # bypasses the CSP, and test_the_page_runs_under_its_csp checks the page without it.
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 1100}, bypass_csp=request.param
+    )
+    p = context.new_page()
+    p.problems = []  # type: ignore[attr-defined]
+    p.on("console", lambda m: m.type == "error" and p.problems.append(m.text))  # type: ignore[attr-defined]
+    p.on("pageerror", lambda e: p.problems.append(str(e)))  # type: ignore[attr-defined]
+    yield p
+    context.close()
+
+
+def pick(page, family: str) -> str:
+    options = page.eval_on_selector_all(
+        "#model option", "os => os.map(o => [o.value, JSON.parse(o.dataset.model).family])"
+    )
+    name = next(value for value, fam in options if fam == family)
+    page.select_option("#model", name)
+    return name
+
+
+def not_blank(page, selector: str) -> None:
+    page.wait_for_function(f"document.querySelector('{selector}').src.startsWith('data:image/png')")
+    assert page.evaluate(RANGE_JS, selector) > 20, f"{selector} is blank"
+
+
+def draw(page) -> None:
+    box = page.locator("#draw").bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for dx, dy in ((0.4, 0), (0.4, 0.6), (0, 0.6), (0, 0)):
+        page.mouse.move(
+            box["x"] + box["width"] * (0.3 + dx), box["y"] + box["height"] * (0.2 + dy), steps=5
+        )
+    page.mouse.up()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
+    page.goto(servers["api"] + "/")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.locator("#error").is_hidden()
+    shot(page, "01-first-view")
+
+    pick(page, "ae")
+    assert page.locator("#generate-section").is_hidden()  # an AE cannot generate
+    assert page.locator("#reconstruct").is_visible()
+    draw(page)
+    page.click("#reconstruct")
+    not_blank(page, "#output")
+    not_blank(page, "#original")
+
+    pick(page, "dae")
+    page.select_option("#noise-kind", "gaussian")
+    page.click("#denoise")
+    not_blank(page, "#noisy")
+    not_blank(page, "#output")
+    shot(page, "02-denoise")
+
+    buffer = io.BytesIO()
+    img = Image.new("L", (28, 28), 0)
+    img.paste(230, (6, 4, 22, 26))
+    img.save(buffer, format="PNG")
+    (tmp_path / "b.png").write_bytes(buffer.getvalue())
+    page.check("#ends-images")
+    page.set_input_files("#upload-b", str(tmp_path / "b.png"))
+    page.fill("#steps", "8")
+    page.click("#interpolate")
+    not_blank(page, "#frame")
+    assert page.get_attribute("#frame-slider", "max") == "7"
+
+    pick(page, "vae")
+    page.fill("#seed", "42")
+    page.click("#generate")
+    not_blank(page, "#grid")
+    first = page.get_attribute("#grid", "src")
+    page.evaluate("document.querySelector('#grid').removeAttribute('src')")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#grid').src.startsWith('data:')")
+    assert page.get_attribute("#grid", "src") == first  # same seed, same grid
+
+    not_blank(page, "#latent-image")
+    before = page.get_attribute("#latent-image", "src")
+    slider = page.locator("#sliders input").first
+    slider.fill("2.5")
+    page.wait_for_function(f"document.querySelector('#latent-image').src !== {before!r}")
+
+    page.check("#ends-seeds")
+    page.fill("#steps", "12")
+    page.click("#interpolate")
+    not_blank(page, "#frame")
+    frame0 = page.get_attribute("#frame", "src")
+    page.locator("#frame-slider").fill("11")
+    assert page.get_attribute("#frame", "src") != frame0
+    assert page.text_content("#frame-out") == "12/12"
+    shot(page, "03-vae")
+
+    page.fill("#n", "1000")
+    page.click("#generate")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "n: at most 256, got 1000" in page.text_content("#error")
+    assert page.locator("#busy").is_hidden()
+    shot(page, "04-error")
+    assert [p for p in page.problems if "422" not in p] == [], (
+        page.problems
+    )  # only the error we caused
+
+
+def test_cross_origin_rule(page, servers) -> None:
+    page.goto(f"{servers['allowed']}/index.html?api={servers['api']}")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.locator("#error").is_hidden()
+    page.goto(f"{servers['denied']}/index.html?api={servers['api']}")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "origin is not allowed (CORS)" in page.text_content("#error")
+    assert page.locator("#model option").count() == 0
+
+
+@pytest.mark.parametrize("page", [False], indirect=True)
+def test_the_page_runs_under_its_csp(page, servers) -> None:
+    page.goto(servers["api"] + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.select_option("#model", "vae-fashion")
+    page.click("#generate")
+    page.wait_for_selector("#grid[src^='data:image/png']", state="attached")
+    page.wait_for_selector("#latent-image[src^='data:image/png']", state="attached")
+    assert page.problems == [], page.problems
