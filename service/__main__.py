@@ -21,8 +21,13 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # one process: pass the app itself; several: uvicorn's supervisor imports the factory in
+    # each worker, which reads the same LATENTSERVE_ environment
+    app = create_app(settings) if settings.workers == 1 else "service.app:create_app"
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads for inference")
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG replies")
     # process
+    workers: int = Field(
+        1, ge=1, le=64, description="uvicorn worker processes (each loads every model)"
+    )
     graceful_timeout_s: int = Field(
         30, ge=0, description="on SIGTERM, time to finish in-flight requests"
     )
