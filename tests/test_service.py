@@ -511,3 +511,31 @@ def test_security_headers_and_cors(client: TestClient) -> None:
     assert (
         "content-security-policy" not in client.get("/docs").headers
     )  # Swagger UI loads from a CDN
+
+
+def test_replicas_are_interchangeable(weights_dir) -> None:
+    """Two independent app instances (replicas, or one after a restart) give the same images
+    for the same seed: nothing a request depends on lives in a process."""
+    from service import Settings
+
+    from .conftest import start
+
+    replies = []
+    for _ in range(2):
+        replica = start(Settings(weights_dir=weights_dir))
+        try:
+            replies.append(
+                replica.post(
+                    "/v1/models/gan-t/generate",
+                    json={"n": 5, "seed": 123},
+                    headers={"accept": "image/png"},
+                ).content
+            )
+            replies.append(
+                replica.post(
+                    "/v1/models/vae-t/interpolate?format=array", json={"seed_a": 3, "seed_b": 4}
+                ).json()["frames"]
+            )
+        finally:
+            replica.__exit__(None, None, None)
+    assert replies[0] == replies[2] and replies[1] == replies[3]
