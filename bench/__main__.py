@@ -137,7 +137,7 @@ def configs(port: int, workers: int) -> dict[str, tuple[list[str], dict[str, str
             },
             f"{base}/health/ready",
             f"{base}/v1/models/ae-fashion/reconstruct",
-        ),  # fmt: skip
+        ),
         "fastapi": (
             [
                 py,
@@ -154,13 +154,13 @@ def configs(port: int, workers: int) -> dict[str, tuple[list[str], dict[str, str
             {},
             f"{base}/hello",
             f"{base}/reconstruct",
-        ),  # fmt: skip
+        ),
         "litserve": (
             [py, "-m", "bench.peers.litserve_server", str(port), str(workers)],
             {},
             f"{base}/health",
             f"{base}/reconstruct",
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -239,17 +239,18 @@ def write_reports(results: dict[str, Any]) -> None:
     lines = ["| server (best of 1/2 workers) | clients | req/s | p50 ms | p95 ms | p99 ms | errors | vs FastAPI | vs LitServe |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     concurrency = sorted({int(c) for r in results["runs"].values() for c in r["points"]})
+
+    def ratio(p: dict[str, Any], other: str, peers: dict[str, Any]) -> str:
+        return f"{p['rps'] / peers[other][1]['rps']:.2f}x" if peers.get(other) else "-"
+
     for c in concurrency:
         peers = {n: best(results, n, c) for n in ("latentserve", "fastapi", "litserve")}
-        for name, entry in peers.items():
+        for entry in peers.values():
             if entry is None:
                 continue
             key, p = entry
-            ratio = lambda other: (
-                f"{p['rps'] / peers[other][1]['rps']:.2f}x" if peers.get(other) else "-"
-            )
             lines.append(f"| {key} | {c} | {p['rps']:.0f} | {p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | "
-                         f"{p['errors']} | {ratio('fastapi')} | {ratio('litserve')} |")  # fmt: skip
+                         f"{p['errors']} | {ratio(p, 'fastapi', peers)} | {ratio(p, 'litserve', peers)} |")  # fmt: skip
     extra = []
     for key, run in results["runs"].items():
         extra.append(
@@ -269,7 +270,7 @@ def write_reports(results: dict[str, Any]) -> None:
             extra.append(
                 f"  - load generator ceiling (wrk, 64 clients, hello-world route): {run['hello_ceiling']['rps']:.0f} req/s"
             )
-    text = "\n".join(lines + ["", *extra]) + "\n"
+    text = "\n".join([*lines, "", *extra]) + "\n"
     (RESULTS / "latest.md").write_text(text)
     print("\n" + text)
     plot(results, concurrency)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -31,7 +31,9 @@ async def list_models(state: State) -> dict[str, Any]:
 
 
 @router.get("/{name}", summary="Describe one model")
-async def describe_model(name: str, state: State) -> dict[str, Any]:
+async def describe_model(
+    name: Annotated[str, Path(examples=["vae-fashion"])], state: State
+) -> dict[str, Any]:
     """Family, image shape, latent size, operations, class names and test metrics."""
     return find_model(state, name).describe()
 
@@ -63,7 +65,9 @@ def ms(started: float) -> float:
     "/{name}/encode", summary="Image -> latent", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
     openapi_extra=body(ImageParams, {"image": TINY_PNG, "invert": False}, ("image",)),
 )  # fmt: skip
-async def encode(name: str, request: Request, state: State) -> dict[str, Any]:
+async def encode(
+    name: Annotated[str, Path(examples=["vae-fashion"])], request: Request, state: State
+) -> dict[str, Any]:
     """Encode an image; a VAE also returns the posterior mean and log-variance."""
     started = time.perf_counter()
     lm = find_model(state, name, "encode")
@@ -79,7 +83,9 @@ async def encode(name: str, request: Request, state: State) -> dict[str, Any]:
     "/{name}/decode", summary="Latent(s) -> image(s)", responses=IMAGE_RESPONSES,
     openapi_extra=body(DecodeParams, {"latent": [0.0] * 4}),
 )  # fmt: skip
-async def decode(name: str, request: Request, state: State) -> Response:
+async def decode(
+    name: Annotated[str, Path(examples=["vae-fashion"])], request: Request, state: State
+) -> Response:
     """Decode one latent (`latent`) or several (`latents`)."""
     started = time.perf_counter()
     lm = find_model(state, name, "decode")
@@ -98,7 +104,9 @@ async def decode(name: str, request: Request, state: State) -> Response:
     "/{name}/reconstruct", summary="Image -> image through the code", responses=IMAGE_RESPONSES,
     openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
 )  # fmt: skip
-async def reconstruct(name: str, request: Request, state: State) -> Response:
+async def reconstruct(
+    name: Annotated[str, Path(examples=["ae-fashion"])], request: Request, state: State
+) -> Response:
     """Encode and decode an image."""
     started = time.perf_counter()
     lm = find_model(state, name, "reconstruct")
@@ -115,7 +123,9 @@ async def reconstruct(name: str, request: Request, state: State) -> Response:
     "/{name}/denoise", summary="Noisy image -> clean image", responses=IMAGE_RESPONSES,
     openapi_extra=body(DenoiseParams, {"image": TINY_PNG, "noise": {"kind": "gaussian", "level": 0.3, "seed": 7}}, ("image",)),
 )  # fmt: skip
-async def denoise(name: str, request: Request, state: State) -> Response:
+async def denoise(
+    name: Annotated[str, Path(examples=["dae-fashion"])], request: Request, state: State
+) -> Response:
     """Denoise an image; with `noise`, corrupt it on the server first and return both."""
     started = time.perf_counter()
     lm = find_model(state, name, "denoise")
@@ -138,7 +148,9 @@ async def denoise(name: str, request: Request, state: State) -> Response:
     "/{name}/interpolate", summary="Frames between two images, latents or seeds", responses=IMAGE_RESPONSES,
     openapi_extra=body(InterpolateParams, {"seed_a": 1, "seed_b": 2, "steps": 8, "method": "slerp"}, ("image", "image_b")),
 )  # fmt: skip
-async def interpolate(name: str, request: Request, state: State) -> Response:
+async def interpolate(
+    name: Annotated[str, Path(examples=["gan-fashion"])], request: Request, state: State
+) -> Response:
     """Decode a path between two ends: `image`+`image_b`, `latent_a`+`latent_b`, or `seed_a`+`seed_b`."""
     started = time.perf_counter()
     lm = find_model(state, name, "interpolate")
@@ -198,7 +210,9 @@ async def interpolation_ends(
     "/{name}/generate", summary="Sample new images", responses=IMAGE_RESPONSES,
     openapi_extra=body(GenerateParams, {"n": 16, "seed": 42, "temperature": 0.8}),
 )  # fmt: skip
-async def generate(name: str, request: Request, state: State) -> Response:
+async def generate(
+    name: Annotated[str, Path(examples=["gan-fashion"])], request: Request, state: State
+) -> Response:
     """Draw `n` images from the prior; the same `seed` gives the same images on any replica."""
     started = time.perf_counter()
     lm = find_model(state, name, "generate")
@@ -223,7 +237,9 @@ async def generate(name: str, request: Request, state: State) -> Response:
     "/{name}/classify", summary="Image -> class probabilities", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
     openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
 )  # fmt: skip
-async def classify(name: str, request: Request, state: State) -> dict[str, Any]:
+async def classify(
+    name: Annotated[str, Path(examples=["classifier-fashion"])], request: Request, state: State
+) -> dict[str, Any]:
     """Classify an image with a classifier model."""
     started = time.perf_counter()
     lm = find_model(state, name, "classify")
