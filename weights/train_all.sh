@@ -10,7 +10,7 @@ mkdir -p runs/logs
 declare -A RECIPE=(
   [classifier-fashion]="--family classifier --epochs 20 --latent-dim 128"
   [ae-fashion]="--family ae --latent-dim 32 --epochs 40 --batch-size 64 --lr 3e-3"
-  [dae-fashion]="--family dae --latent-dim 784 --spatial-code --epochs 40 --batch-size 64 --lr 3e-3"
+  [dae-fashion]="--family dae --latent-dim 784 --spatial-code --epochs 32 --batch-size 64 --lr 3e-3"
   [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"
   [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64"
   [stacked-ae-fashion]="--family stacked-ae --latent-dim 16 --hidden-sizes 1024,256 --no-tied-weights --pretrain-epochs 2 --epochs 40 --batch-size 64 --lr 1e-3"
