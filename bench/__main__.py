@@ -74,6 +74,7 @@ def server(cmd: list[str], env: dict[str, str], ready_url: str) -> Iterator[dict
         info["cold_start_s"] = time.perf_counter() - started
         time.sleep(1.0)
         info["rss_mb"] = rss_mb(proc.pid)
+        info["rss"] = lambda: rss_mb(proc.pid)  # for callers that measure again later
         yield info
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -219,6 +220,7 @@ def main() -> int:
                     info["hello_ceiling"] = wrk(
                         ready, files["empty"], 64, args.seconds, method="GET"
                     )
+            info.pop("rss")
             results["runs"][key] = {"workers": workers, "points": points, **info}
             print(
                 f"{key:16} cold start {info['cold_start_s']:.2f} s, RSS {info['rss_mb']:.0f} MB, SIGTERM: {info['sigterm']}"

@@ -1,0 +1,115 @@
+"""Bounded soak on loopback: mixed operations from many clients, then errors and memory growth.
+
+    python -m bench.soak --seconds 60 --clients 64            # the full run (README figures)
+    python -m bench.soak --seconds 8 --clients 16 --weights W  # the CI variant (tests/test_soak.py)
+
+Memory is the server's resident set after a warm-up run, then after the soak; the growth
+must stay under --max-growth (5%). It stops by itself: wrk runs for a fixed time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from .__main__ import ROOT, free_port, server
+
+LUA = ROOT / "bench" / "soak_mixed.lua"
+
+
+def prepare(folder: Path, base: str) -> None:
+    """One request body per operation each model supports, and the plan wrk cycles through."""
+    models = httpx.get(f"{base}/v1/models").json()["models"]
+    plan = []
+    for m in models:
+        c, side, _ = m["image_shape"]
+        arr = (
+            np.random.default_rng(0).random((side, side) if c == 1 else (side, side, 3)) * 255
+        ).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(arr).save(buffer, format="PNG")
+        png = buffer.getvalue()
+        image_json = json.dumps({"image": base64.b64encode(png).decode()})
+        bodies = {
+            "reconstruct": ("application/json", image_json),
+            "encode": ("application/json", image_json),
+            "classify": ("application/json", image_json),
+            "denoise": ("image/png", png),
+            "decode": ("application/json", json.dumps({"latent": [0.1] * m["latent_dim"]})),
+            "generate": ("application/json", json.dumps({"n": 8, "seed": 3})),
+            "interpolate": ("application/json", json.dumps({"seed_a": 1, "seed_b": 2, "steps": 8} if "generate" in m["operations"] else {"latent_a": [0.0] * m["latent_dim"], "latent_b": [1.0] * m["latent_dim"], "steps": 8})),
+        }  # fmt: skip
+        for op in m["operations"]:
+            ctype, body = bodies[op]
+            file = f"{m['name']}-{op}.body"
+            (folder / file).write_bytes(body if isinstance(body, bytes) else body.encode())
+            plan.append(f"/v1/models/{m['name']}/{op} {ctype} {file}")
+    (folder / "plan.txt").write_text("\n".join(plan) + "\n")
+
+
+def wrk(base: str, folder: Path, clients: int, seconds: int) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), base],
+        env={**os.environ, "SOAK_DIR": str(folder)}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(ln for ln in out.splitlines() if ln.startswith("SOAK "))
+    return json.loads(line[5:])
+
+
+def soak(seconds: int, clients: int, weights: Path | None, warmup: int) -> dict:
+    port = free_port()
+    env = {
+        "LATENTSERVE_PORT": str(port),
+        "LATENTSERVE_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
+    if weights:
+        env["LATENTSERVE_WEIGHTS_DIR"] = str(weights)
+    base = f"http://127.0.0.1:{port}"
+    folder = Path(tempfile.mkdtemp())
+    with server([sys.executable, "-m", "service"], env, f"{base}/health/ready") as info:
+        prepare(folder, base)
+        warm = wrk(base, folder, clients, warmup)
+        before = info["rss"]()
+        result = wrk(base, folder, clients, seconds)
+        after = info["rss"]()
+    result.update(
+        warmup_requests=warm["requests"], warmup_errors=warm["errors"], rss_before_mb=before, rss_after_mb=after,
+        rss_growth=(after - before) / before, rps=result["requests"] / (result["duration_us"] / 1e6),
+        operations=len((folder / "plan.txt").read_text().splitlines()), clients=clients, seconds=seconds,
+    )  # fmt: skip
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--weights", type=Path, help="weights folder (default: the shipped weights)"
+    )
+    parser.add_argument("--max-growth", type=float, default=0.05)
+    args = parser.parse_args()
+    r = soak(args.seconds, args.clients, args.weights, args.warmup)
+    print(json.dumps(r, indent=1))
+    print(f"soak: {r['requests']} requests over {r['operations']} model/operation pairs in {r['seconds']} s at "
+          f"{r['clients']} clients: {r['rps']:.0f} req/s, p99 {r['p99_us'] / 1000:.1f} ms, {r['errors']} errors; "
+          f"resident memory {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB ({r['rss_growth']:+.1%})")  # fmt: skip
+    ok = r["errors"] == 0 and r["warmup_errors"] == 0 and r["rss_growth"] <= args.max_growth
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
