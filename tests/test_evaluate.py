@@ -97,3 +97,14 @@ def test_classical_denoisers_keep_the_shape_and_help(name: str, channels: int) -
 def test_active_units() -> None:
     means = torch.cat([torch.randn(100, 2), torch.zeros(100, 3)], 1).numpy()
     assert active_units(means) == 2
+
+
+def test_cards_table_summarises_evaluated_models(artifacts: Path) -> None:
+    from training.cards import table
+
+    assert main(["evaluate", "--model", str(artifacts / "ae"), *SMALL]) == 0
+    text = table(artifacts)
+    ae_row = next(line for line in text.splitlines() if line.startswith("| `ae` |"))
+    card = json.loads((artifacts / "ae" / "card.json").read_text())
+    assert f"PSNR {card['metrics']['psnr']:.2f} dB" in ae_row
+    assert "| quality floors |" in text.splitlines()[0]
