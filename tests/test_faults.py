@@ -261,3 +261,18 @@ def test_unexpected_errors_are_generic_500s(
         ).status_code
         == 200
     )
+
+
+def test_content_type_that_contradicts_the_body(limited: TestClient) -> None:
+    """The bytes decide: a PNG sent as image/jpeg is decoded as the PNG it is, and HTML sent as
+    image/png is refused by its bytes, not accepted by its label."""
+    r = limited.post(
+        "/v1/models/ae/reconstruct", content=png(), headers={"content-type": "image/jpeg"}
+    )
+    assert r.status_code == 200
+    r = limited.post(
+        "/v1/models/ae/reconstruct",
+        content=b"<html><body>x</body></html>",
+        headers={"content-type": "image/jpeg"},
+    )
+    assert r.status_code == 415 and "an HTML document" in r.json()["detail"]
