@@ -16,7 +16,11 @@ from service import Settings, create_app  # noqa: E402
 with TestClient(create_app(Settings(weights_dir=ROOT / "weights"))) as client:
     while client.get("/health/ready").status_code != 200:
         time.sleep(0.1)
-    grid = client.post("/v1/models/gan-fashion/generate", json={"n": 64, "seed": 7}, headers={"accept": "image/png"})
+    grid = client.post(
+        "/v1/models/gan-fashion/generate",
+        json={"n": 64, "seed": 7},
+        headers={"accept": "image/png"},
+    )
     grid.raise_for_status()
     (ROOT / "docs" / "gan-samples.png").write_bytes(grid.content)
     walk = client.post("/v1/models/vae-fashion/interpolate?format=gif",

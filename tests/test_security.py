@@ -30,11 +30,14 @@ def test_no_unpickling_loader_anywhere_in_the_code() -> None:
     for path in SOURCES:
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                if (node.value.id, node.attr) in FORBIDDEN_CALLS:
-                    offenders.append(
-                        f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}"
-                    )
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and (node.value.id, node.attr) in FORBIDDEN_CALLS
+            ):
+                offenders.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}"
+                )
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] + (
                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
