@@ -98,7 +98,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between feature sets [N, D]."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)
     if np.iscomplexobj(covmean):
         covmean = covmean.real  # numerical noise from sqrtm on nearly singular products
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))

@@ -154,7 +154,7 @@ class VAERecipe(Recipe):
         nll, kl = self.model.elbo_terms(x, logits, mu, log_var)
         loss = (nll + self.model.config.beta * kl).mean()
         self._step("model", loss)
-        return {"loss": float(loss), "nll": nll.mean().item(), "kl": kl.mean().item()}
+        return {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
