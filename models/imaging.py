@@ -15,6 +15,9 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     Transparent pixels are composited onto white; 16-bit and 32-bit greyscale are scaled to
     8 bits; palette, CMYK, YCbCr and the rest go through PIL's own conversion.
     """
+    target = "L" if channels == 1 else "RGB"
+    if img.mode == target and "transparency" not in img.info:
+        return img  # the common case: no copy
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode in ("P", "L", "RGB") and "transparency" in img.info
     ):
@@ -30,7 +33,7 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
         img = Image.fromarray(
             np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8)
         )
-    return img.convert("L" if channels == 1 else "RGB")
+    return img.convert(target)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -19,7 +19,6 @@ import base64
 import binascii
 import io
 import re
-import warnings
 
 import numpy as np
 import torch
@@ -88,20 +87,21 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     if kind is None:
         raise ImageError(f"{field}: {describe_bytes(data)}; send a PNG or JPEG", status=415)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[kind])
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{field}: {width}x{height} is {width * height} pixels, more than the "
-                    f"limit of {max_pixels}; downscale it first",
-                    status=413,
-                )
-            if width < 1 or height < 1:
-                raise ImageError(f"{field}: the image has no pixels")
-            img.seek(0)  # first frame of an animation
-            img.load()
+        # Image.open reads only the header; our own limit (below PIL's bomb threshold) is
+        # checked before any pixel is decoded. PIL raises DecompressionBombError itself for
+        # headers beyond twice its threshold.
+        img = Image.open(io.BytesIO(data), formats=[kind])
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"{field}: {width}x{height} is {width * height} pixels, more than the "
+                f"limit of {max_pixels}; downscale it first",
+                status=413,
+            )
+        if width < 1 or height < 1:
+            raise ImageError(f"{field}: the image has no pixels")
+        img.seek(0)  # first frame of an animation
+        img.load()
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
