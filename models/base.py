@@ -17,7 +17,7 @@ from torch import nn
 ImageShape = tuple[int, int, int]
 
 #: Operations the service can ask of a model; each family declares the ones it supports.
-OPERATIONS = ("encode", "decode", "reconstruct", "sample", "classify")
+OPERATIONS = ("encode", "decode", "reconstruct", "sample", "classify", "invert")
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,9 @@
   Ye (2017) as used there: the critic's every layer is spectrally normalised, which bounds
   its Lipschitz constant with one power iteration per step.
 
+A GAN has no encoder; ``models/inversion.py`` finds a latent for an image by optimisation,
+which gives the service encode, reconstruct and image-to-image interpolation for GANs too.
+
 Why this recipe on 2 CPU cores: WGAN-GP needs a second backward pass through the critic for
 its gradient penalty (about 1.5-2x the cost of a step), and a plain DCGAN with the
 non-saturating loss is prone to collapse without careful tuning. Spectral norm + hinge costs
@@ -92,7 +95,7 @@ class Critic(nn.Module):
 class GAN(LatentModel):
     family = "gan"
     config_class = GANConfig
-    operations = frozenset({"decode", "sample"})
+    operations = frozenset({"decode", "sample", "invert"})  # invert: models/inversion.py
     config: GANConfig
 
     def __init__(self, config: GANConfig) -> None:

@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
         settings.torch_threads, on_batch=metrics.observe_batch,
     )  # fmt: skip
-    state = AppState(settings, registry, engine, Operations(engine), metrics)
+    state = AppState(settings, registry, engine, Operations(engine, settings), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     )
     max_n: int = Field(256, ge=1, le=4096, description="largest n for generate")
     max_steps: int = Field(64, ge=2, le=1024, description="largest steps for interpolate")
+    # GAN inversion (encode / reconstruct for GANs)
+    inversion_steps: int = Field(200, ge=1, le=5000, description="Adam steps when inverting a GAN")
+    inversion_restarts: int = Field(
+        4, ge=1, le=64, description="random starts per image; the best is kept"
+    )
+    inversion_time_budget_s: float = Field(
+        3.0, gt=0, le=120, description="time cap of one inversion batch"
+    )
     # batching and compute
     max_batch_size: int = Field(64, ge=1, description="most images in one forward pass")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="how long a batch waits for company")

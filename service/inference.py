@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import math
 import secrets
+from functools import partial
 
 import torch
 from fastapi import HTTPException
 
 from models import corrupt
 from models.classifier import Classifier
+from models.gan import GAN
+from models.inversion import invert
 from models.vae import VAE
 
 from .batching import BatchEngine
+from .config import Settings
 from .registry import LoadedModel
 
 
@@ -56,11 +60,15 @@ def interpolation_path(za: torch.Tensor, zb: torch.Tensor, steps: int, method: s
 
 
 class Operations:
-    def __init__(self, engine: BatchEngine) -> None:
+    def __init__(self, engine: BatchEngine, settings: Settings) -> None:
         self.engine = engine
+        self.settings = settings
 
     async def encode(self, lm: LoadedModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
         model = lm.model
+        if isinstance(model, GAN):
+            z, error = await self.engine.run((lm, "invert"), partial(self.invert, model), x)
+            return {"latent": z, "reconstruction_error": error}
         if isinstance(model, VAE):
             mu, log_var = await self.engine.run((lm, "encode"), model.encode_distribution, x)
             return {"latent": mu, "mean": mu, "log_var": log_var}
@@ -73,7 +81,15 @@ class Operations:
         assert isinstance(out, torch.Tensor)
         return out
 
+    def invert(self, gan: GAN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs on the inference thread; seeded, so the same image gives the same latent."""
+        s = self.settings
+        return invert(gan, x, s.inversion_steps, s.inversion_restarts,
+                      time_budget_s=s.inversion_time_budget_s, generator=torch.Generator().manual_seed(0))  # fmt: skip
+
     async def reconstruct(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+        if "reconstruct" not in lm.model.operations:  # a GAN: invert, then decode
+            return await self.decode(lm, (await self.encode(lm, x))["latent"])
         out = await self.engine.run((lm, "reconstruct"), lm.model.reconstruct, x)
         assert isinstance(out, torch.Tensor)
         return out

@@ -22,15 +22,16 @@ from models import CheckpointError, LatentModel, load_model
 log = logging.getLogger("latentserve.registry")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
-#: Service operations and the model operations each one needs.
-SERVICE_OPERATIONS: dict[str, tuple[str, ...]] = {
-    "encode": ("encode",),
-    "decode": ("decode",),
-    "reconstruct": ("reconstruct",),
-    "denoise": ("reconstruct",),
-    "interpolate": ("decode",),
-    "generate": ("sample",),
-    "classify": ("classify",),
+#: Service operations and, for each, the alternative sets of model operations that provide it
+#: (a GAN encodes by inversion: models/inversion.py).
+SERVICE_OPERATIONS: dict[str, tuple[frozenset[str], ...]] = {
+    "encode": (frozenset({"encode"}), frozenset({"invert"})),
+    "decode": (frozenset({"decode"}),),
+    "reconstruct": (frozenset({"reconstruct"}), frozenset({"invert", "decode"})),
+    "denoise": (frozenset({"reconstruct"}),),
+    "interpolate": (frozenset({"decode"}),),
+    "generate": (frozenset({"sample"}),),
+    "classify": (frozenset({"classify"}),),
 }
 
 
@@ -50,8 +51,9 @@ class LoadedModel:
 
     @property
     def operations(self) -> list[str]:
+        have = self.model.operations
         return sorted(
-            op for op, needs in SERVICE_OPERATIONS.items() if set(needs) <= self.model.operations
+            op for op, options in SERVICE_OPERATIONS.items() if any(o <= have for o in options)
         )
 
     @property

@@ -20,7 +20,7 @@ from training.metrics import (
     tune_denoiser,
 )
 
-SMALL = ["--limit", "30", "--samples", "60", "--iw-samples", "8", "--iw-images", "4",
+SMALL = ["--limit", "30", "--samples", "60", "--inversion-images", "3", "--iw-samples", "8", "--iw-images", "4",
          "--baseline-images", "4", "--tune-images", "4", "--threads", "1"]  # fmt: skip
 
 

@@ -54,7 +54,8 @@ def test_api_shapes_and_ranges(family: str) -> None:
 def test_unsupported_operation_names_what_is_supported() -> None:
     gan = tiny_model("gan")
     with pytest.raises(
-        NotImplementedError, match="gan models do not support encode; they support: decode, sample"
+        NotImplementedError,
+        match="gan models do not support encode; they support: decode, invert, sample",
     ):
         gan.encode(torch.rand(1, 1, 28, 28))
 
@@ -187,3 +188,32 @@ def test_spatial_code_keeps_the_map_layout() -> None:
         match="latent_dim: a spatial code on a 7x7 map needs latent_dim divisible by 49, got 50",
     ):
         build_model("ae", {"latent_dim": 50, "spatial_code": True})
+
+
+def test_gan_inversion_recovers_a_latent_without_touching_the_weights() -> None:
+    from models.inversion import invert
+
+    gan = tiny_model("gan")
+    z_true = torch.randn(3, gan.latent_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = gan.decode(z_true)
+    with torch.inference_mode():  # as the service calls it
+        z, err = invert(gan, x, steps=150, restarts=3, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (3, gan.latent_dim) and err.shape == (3,)
+    assert float(err.max()) < 1e-4
+    with torch.no_grad():
+        assert torch.allclose(gan.decode(z), x, atol=0.02)
+    assert all(p.grad is None for p in gan.parameters())
+    with pytest.raises(ValueError, match="steps and restarts must be at least 1"):
+        invert(gan, x, steps=0)
+
+
+def test_gan_inversion_respects_its_time_budget() -> None:
+    import time
+
+    from models.inversion import invert
+
+    gan = tiny_model("gan")
+    started = time.perf_counter()
+    invert(gan, torch.rand(2, 1, 28, 28), steps=100_000, restarts=2, time_budget_s=0.3)
+    assert time.perf_counter() - started < 3

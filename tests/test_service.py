@@ -91,7 +91,13 @@ def test_list_and_describe(client: TestClient) -> None:
         "reconstruct",
     ]
     gan = client.get("/v1/models/gan-t").json()
-    assert gan["operations"] == ["decode", "generate", "interpolate"]
+    assert gan["operations"] == [
+        "decode",
+        "encode",
+        "generate",
+        "interpolate",
+        "reconstruct",
+    ]  # by inversion
     assert client.get("/v1/models/classifier-t").json()["class_names"] == ["a", "b", "c"]
 
 
@@ -352,12 +358,7 @@ def test_interpolate_gif_has_a_frame_per_step(client: TestClient) -> None:
             422,
             "method: Input should be 'linear' or 'slerp'",
         ),
-        (
-            "gan-t",
-            {"image": base64.b64encode(IMG).decode(), "image_b": base64.b64encode(IMG).decode()},
-            400,
-            "cannot encode images",
-        ),
+        ("classifier-t", {"seed_a": 1, "seed_b": 2}, 400, "does not support interpolate"),
         ("ae-t", {"seed_a": 1, "seed_b": 2}, 400, "has no prior to draw seeds from"),
         (
             "vae-t",
@@ -386,10 +387,10 @@ def test_classify(client: TestClient) -> None:
     ("path", "message"),
     [
         (
-            "/v1/models/gan-t/encode",
-            "model 'gan-t' (gan) does not support encode; it supports: decode, generate, interpolate",
+            "/v1/models/gan-t/denoise",
+            "model 'gan-t' (gan) does not support denoise; it supports: decode, encode, generate, interpolate, reconstruct",
         ),
-        ("/v1/models/gan-t/reconstruct", "does not support reconstruct"),
+        ("/v1/models/classifier-t/reconstruct", "does not support reconstruct"),
         (
             "/v1/models/ae-t/generate",
             "model 'ae-t' (ae) does not support generate; it supports: decode, denoise, encode, interpolate, reconstruct",
@@ -539,3 +540,34 @@ def test_replicas_are_interchangeable(weights_dir) -> None:
         finally:
             replica.__exit__(None, None, None)
     assert replies[0] == replies[2] and replies[1] == replies[3]
+
+
+def test_gan_encode_reconstruct_and_interpolate_by_inversion(client: TestClient) -> None:
+    """A GAN has no encoder: the service finds the latent by optimisation (models/inversion.py)."""
+    gan = app_model(client, "gan-t")
+    z_true = torch.randn(1, gan.latent_dim, generator=torch.Generator().manual_seed(5))
+    target = client.post(
+        "/v1/models/gan-t/decode",
+        json={"latent": z_true[0].tolist()},
+        headers={"accept": "image/png"},
+    ).content
+    body = client.post(
+        "/v1/models/gan-t/encode", content=target, headers={"content-type": "image/png"}
+    ).json()
+    assert len(body["latent"]) == gan.latent_dim
+    assert 0 <= body["reconstruction_error"] < 1e-3  # the image is in the GAN's range: near-exact
+    again = client.post(
+        "/v1/models/gan-t/encode", content=target, headers={"content-type": "image/png"}
+    ).json()
+    assert again["latent"] == body["latent"]  # seeded restarts: same image, same latent
+    rec = client.post(
+        "/v1/models/gan-t/reconstruct?format=array",
+        content=target,
+        headers={"content-type": "image/png"},
+    ).json()
+    assert torch.allclose(
+        torch.tensor(rec["image"]), gan.decode(torch.tensor([body["latent"]]))[0], atol=1e-5
+    )
+    frames = client.post("/v1/models/gan-t/interpolate", files={"image": ("a.png", target), "image_b": ("b.png", IMG)},
+                         data={"steps": "3"}).json()  # fmt: skip
+    assert frames["count"] == 3

@@ -17,7 +17,8 @@ HEADLINE = {
     "vae": lambda m: (f"-ELBO {m['neg_elbo_nats']:.1f} nats, IWAE(K={m['iwae_samples']}) {m['iwae_nats']:.1f}, KL {m['kl_nats']:.1f}, "
                       f"{m['active_units']}/{m['latent_dim']} active units, PSNR {m['psnr']:.2f} dB"),
     "gan": lambda m: (f"smallest class share {m['min_class_share']:.1%} of {m['samples']}; Frechet distance "
-                      f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f})"),
+                      f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f}); inversion PSNR "
+                      f"{m['inversion_psnr']:.2f} dB at {m['inversion_seconds_per_image']:.2f} s/image"),
     "classifier": lambda m: f"test accuracy {m['accuracy']:.2%}",
 }  # fmt: skip
 

@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from models import LatentModel, corrupt, load_model
 from models.classifier import Classifier
+from models.gan import GAN
+from models.inversion import invert
 from models.sparse import SparseAutoencoder
 from models.vae import VAE
 
@@ -74,6 +76,10 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
         default=10_000,
         help="GAN: images generated for class shares and Frechet distance",
     )
+    p.add_argument(
+        "--inversion-images", type=positive_int, default=100,
+        help="GAN: test images to invert (200 Adam steps, 4 restarts)",
+    )  # fmt: skip
     p.add_argument(
         "--iw-samples", type=positive_int, default=500, help="VAE: importance samples K per image"
     )
@@ -235,7 +241,17 @@ def evaluate_gan(
     train = as_float(data.train.images[: len(test)])
     train_feats = in_batches(judge.features, train).numpy().astype(np.float64)
     fd_floor = frechet_distance(train_feats, test_feats)
+    assert isinstance(model, GAN)
+    inverted = test[: args.inversion_images]
+    started = time.perf_counter()
+    z, _ = invert(
+        model, inverted, steps=200, restarts=4, generator=torch.Generator().manual_seed(0)
+    )
+    inversion_seconds = (time.perf_counter() - started) / len(inverted)
     return {
+        "inversion_psnr": float(psnr(model.decode(z), inverted).mean()),
+        "inversion_images": len(inverted),
+        "inversion_seconds_per_image": inversion_seconds,
         "samples": len(samples),
         "class_shares": {name: float(s) for name, s in zip(data.class_names, shares, strict=True)},
         "min_class_share": float(shares.min()),

@@ -184,7 +184,7 @@ async def interpolation_ends(
         if "encode" not in lm.operations:
             raise HTTPException(
                 400,
-                f"model {lm.name!r} cannot encode images; interpolate it between seed_a and seed_b",
+                f"model {lm.name!r} cannot encode images; give latent_a and latent_b",
             )
         x = await images_from(state, lm, parsed, ("image", "image_b"), params.invert)
         z = (await state.operations.encode(lm, torch.cat([x["image"], x["image_b"]])))["latent"]
