@@ -82,7 +82,8 @@ class Operations:
         return out
 
     def invert(self, gan: GAN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Runs on the inference thread; seeded, so the same image gives the same latent."""
+        """Runs on the inference thread. Seeded: the same image gives the same latent whenever
+        the inversion runs all its steps within the time budget."""
         s = self.settings
         return invert(gan, x, s.inversion_steps, s.inversion_restarts,
                       time_budget_s=s.inversion_time_budget_s, generator=torch.Generator().manual_seed(0))  # fmt: skip

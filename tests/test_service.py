@@ -542,8 +542,14 @@ def test_replicas_are_interchangeable(weights_dir) -> None:
     assert replies[0] == replies[2] and replies[1] == replies[3]
 
 
-def test_gan_encode_reconstruct_and_interpolate_by_inversion(client: TestClient) -> None:
-    """A GAN has no encoder: the service finds the latent by optimisation (models/inversion.py)."""
+def test_gan_encode_reconstruct_and_interpolate_by_inversion(weights_dir) -> None:
+    """A GAN has no encoder: the service finds the latent by optimisation (models/inversion.py).
+    A generous time budget, so every call runs all its steps however loaded the machine is."""
+    from service import Settings
+
+    from .conftest import start
+
+    client = start(Settings(weights_dir=weights_dir, inversion_time_budget_s=120))
     gan = app_model(client, "gan-t")
     z_true = torch.randn(1, gan.latent_dim, generator=torch.Generator().manual_seed(5))
     target = client.post(
@@ -571,3 +577,4 @@ def test_gan_encode_reconstruct_and_interpolate_by_inversion(client: TestClient)
     frames = client.post("/v1/models/gan-t/interpolate", files={"image": ("a.png", target), "image_b": ("b.png", IMG)},
                          data={"steps": "3"}).json()  # fmt: skip
     assert frames["count"] == 3
+    client.__exit__(None, None, None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import APIRouter, HTTPException, Path, Request
@@ -22,6 +22,7 @@ from .openapi import IMAGE_RESPONSES, TINY_PNG, body
 router = APIRouter(prefix="/v1/models", tags=["models"])
 IMAGE_FORMATS = ("json", "array", "png")
 BIG_UPLOAD = 256 * 1024  # decode bigger uploads off the event loop
+ImageParamsT = TypeVar("ImageParamsT", bound=ImageParams)
 
 
 @router.get("", summary="List the served models")
@@ -57,6 +58,15 @@ async def images_from(
     return out
 
 
+async def one_image(
+    state: AppState, lm: LoadedModel, request: Request, params_model: type[ImageParamsT]
+) -> tuple[ImageParamsT, torch.Tensor]:
+    """A single-image request in any shape -> (its parameters, the image [1, C, H, W])."""
+    parsed = await parse_request(request, ("image",))
+    params = validate(params_model, parsed.params)
+    return params, (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+
+
 def ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -71,9 +81,7 @@ async def encode(
     """Encode an image; a VAE also returns the posterior mean and log-variance."""
     started = time.perf_counter()
     lm = find_model(state, name, "encode")
-    parsed = await parse_request(request, ("image",))
-    params = validate(ImageParams, parsed.params)
-    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    _, x = await one_image(state, lm, request, ImageParams)
     result = await state.operations.encode(lm, x)
     reply: dict[str, Any] = {key: value[0].tolist() for key, value in result.items()}
     return {**reply, "latent_dim": lm.model.latent_dim, "model": name, "timing_ms": ms(started)}
@@ -111,9 +119,7 @@ async def reconstruct(
     started = time.perf_counter()
     lm = find_model(state, name, "reconstruct")
     fmt = choose_format(request, IMAGE_FORMATS)
-    parsed = await parse_request(request, ("image",))
-    params = validate(ImageParams, parsed.params)
-    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    _, x = await one_image(state, lm, request, ImageParams)
     out = await state.operations.reconstruct(lm, x)
     meta = {"model": name, "timing_ms": ms(started)}
     return image_reply(fmt, {"image": out}, meta, state.settings.png_compress_level, single=True)
@@ -130,9 +136,7 @@ async def denoise(
     started = time.perf_counter()
     lm = find_model(state, name, "denoise")
     fmt = choose_format(request, IMAGE_FORMATS)
-    parsed = await parse_request(request, ("image",))
-    params = validate(DenoiseParams, parsed.params)
-    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    params, x = await one_image(state, lm, request, DenoiseParams)
     meta: dict[str, Any] = {"model": name}
     if params.noise_kind is not None:
         seed = params.noise_seed if params.noise_seed is not None else new_seed()
@@ -243,9 +247,7 @@ async def classify(
     """Classify an image with a classifier model."""
     started = time.perf_counter()
     lm = find_model(state, name, "classify")
-    parsed = await parse_request(request, ("image",))
-    params = validate(ImageParams, parsed.params)
-    x = (await images_from(state, lm, parsed, ("image",), params.invert))["image"]
+    _, x = await one_image(state, lm, request, ImageParams)
     probs = (await state.operations.classify(lm, x))[0]
     names = lm.class_names or [str(i) for i in range(len(probs))]
     return {
