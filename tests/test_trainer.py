@@ -128,3 +128,40 @@ def test_existing_out_is_not_overwritten(tmp_path: Path) -> None:
     result = run_cli("train", "--family", "ae", "--dry-run", "--out", str(out))
     assert result.returncode == 2 and "pass --overwrite" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_init_from_fine_tunes_an_artifact(tmp_path: Path) -> None:
+    common = ["train", "--family", "ae", "--dataset", "synthetic", "--steps-per-epoch", "2",
+              "--batch-size", "8", "--epochs", "1"]  # fmt: skip
+    base = tmp_path / "base"
+    assert main([*common, "--width", "4", "--latent-dim", "8", "--out", str(base),
+                 "--checkpoint-dir", str(tmp_path / "c0")]) == 0  # fmt: skip
+    tuned = tmp_path / "tuned"
+    assert main([*common, "--init-from", str(base), "--lr", "1e-3", "--out", str(tuned),
+                 "--checkpoint-dir", str(tmp_path / "c1")]) == 0  # fmt: skip
+    a, b = load_model(base), load_model(tuned)
+    assert b.config == a.config  # width 4 / latent 8 came from the artifact, not the defaults
+    moved = [not torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True)]  # fmt: skip
+    assert any(moved), "fine-tuning changed nothing"
+    card = json.loads((tuned / "card.json").read_text())
+    assert card["training"]["init_from"] == str(base)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--family", "ae", "--width", "8"], r"--width \(8\) contradicts --init-from"),
+        (["--family", "vae"], "holds a 'ae' model, not 'vae'"),
+    ],
+)
+def test_init_from_rejects_contradicting_flags(
+    flags: list[str], message: str, tmp_path: Path
+) -> None:
+    base = tmp_path / "base"
+    assert main(["train", "--family", "ae", "--dry-run", "--width", "4", "--out", str(base),
+                 "--checkpoint-dir", str(tmp_path / "c0")]) == 0  # fmt: skip
+    result = run_cli("train", *flags, "--dry-run", "--init-from", str(base),
+                     "--out", str(tmp_path / "o"))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert __import__("re").search(message, result.stderr), result.stderr
+    assert not (tmp_path / "o").exists()

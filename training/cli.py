@@ -136,6 +136,11 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         help="continue from --checkpoint-dir if it holds a checkpoint",
     )
     g.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from this artifact's weights and config (fine-tuning); model flags must agree",
+    )
+    g.add_argument(
         "--seed", type=non_negative_int, default=0, help="seeds weights, data order and noise"
     )
     g.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")

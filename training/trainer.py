@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models import FAMILIES, LatentModel, build_model
+from models import FAMILIES, ConfigError, LatentModel, build_model, load_model
 
 from .artifacts import hardware, write_artifact
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -34,6 +34,28 @@ def model_config(args: argparse.Namespace, dataset: Dataset) -> dict[str, Any]:
     return config
 
 
+def initial_model(args: argparse.Namespace, dataset: Dataset) -> LatentModel:
+    """Load ``--init-from`` for fine-tuning; the flags given must not contradict its config."""
+    model = load_model(args.init_from)
+    if model.family != args.family:
+        raise ConfigError(
+            f"--init-from {args.init_from} holds a {model.family!r} model, not {args.family!r}"
+        )
+    wanted = model_config(args, dataset)
+    for name, value in wanted.items():
+        have = getattr(model.config, name)
+        if name == "image_shape" or isinstance(have, tuple):
+            have, value = list(have), list(value)
+        if have != value:
+            flag = "the dataset's image shape" if name == "image_shape" else f"--{name}"
+            flag = flag.replace("_", "-") if flag.startswith("--") else flag
+            raise ConfigError(
+                f"{flag} ({value}) contradicts --init-from {args.init_from} ({have}); "
+                "drop the flag or train from scratch"
+            )
+    return model.train()
+
+
 @torch.no_grad()
 def evaluate_split(recipe: Recipe, split: Split, batch_size: int = 500) -> dict[str, float]:
     """Average the recipe's per-image metrics over a whole split."""
@@ -50,7 +72,10 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset, args.image_shape, args.data_dir, args.val_size, args.seed)
-    model = build_model(args.family, model_config(args, dataset))
+    if args.init_from is not None:
+        model = initial_model(args, dataset)
+    else:
+        model = build_model(args.family, model_config(args, dataset))
     recipe = RECIPES[args.family](model, args)
     for opt in recipe.optimizers.values():
         for group in opt.param_groups:
@@ -153,6 +178,7 @@ def model_card(
             "images_per_s": round(images_seen / elapsed, 1) if elapsed else None,
             "hardware": hardware(),
             "command": "python -m training " + shlex.join(args.argv),
+            "init_from": str(args.init_from) if args.init_from else None,
             "final_val": history[-1]["val"] if history else {},
         },
         "metrics": {},
