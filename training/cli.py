@@ -143,7 +143,11 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seed", type=non_negative_int, default=0, help="seeds weights, data order and noise"
     )
-    g.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
+    g.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch intra-op threads per process (default: the cores split among torchrun's processes)",
+    )
     g.add_argument(
         "--dry-run", action="store_true", help="3 steps of 1 epoch on synthetic data (CI smoke run)"
     )

@@ -259,12 +259,21 @@ def load_dataset(
 
 
 def batches(
-    split: Split, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+    split: Split,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ):
-    """Yield (images float [B, C, H, W] in [0, 1], labels [B]); shuffled when a generator is given."""
+    """Yield (images float [B, C, H, W] in [0, 1], labels [B]); shuffled when a generator is given.
+
+    ``shard=(rank, world_size)`` is the distributed sampler: every rank draws the same
+    permutation and takes its own 1/world_size slice of each global batch of ``batch_size``.
+    """
+    rank, world = shard
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
+        idx = order[start : start + batch_size][rank::world]
         yield split.images[idx].float().div_(255), split.labels[idx]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from models.stacked import StackedAutoencoder
 from models.vae import VAE
 
 from .data import Split, batches
+from .distributed import LossForward
 
 
 def psnr_sum(x_hat: torch.Tensor, x: torch.Tensor) -> float:
@@ -37,6 +40,10 @@ class Recipe:
         self.model = model
         self.args = args
         self.optimizers = {"model": torch.optim.Adam(model.parameters(), lr=args.lr)}
+        # Every training loss is computed through this: fn(model, *args). The trainer swaps
+        # in a DistributedDataParallel wrapper under torchrun (see distributed.py).
+        self.forward: Callable[..., Any] = LossForward(model)
+        self.shard = (0, 1)  # (rank, processes): this process's slice of each global batch
 
     def reconstruction_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Mean over the batch of the per-image loss (MSE directly targets PSNR)."""
@@ -50,7 +57,9 @@ class Recipe:
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
-        loss = self.reconstruction_loss(self.model(self.model_input(x, generator)), x)
+        loss = self.forward(
+            lambda m, x_in: self.reconstruction_loss(m(x_in), x), self.model_input(x, generator)
+        )
         self._step("model", loss)
         return {"loss": loss.item()}
 
@@ -91,12 +100,16 @@ class SparseRecipe(Recipe):
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
-        z = self.model.encode(x)
-        rec = self.reconstruction_loss(self.model.decode_logits(z), x)
-        penalty = self.model.sparsity_penalty(z)
-        loss = rec + self.model.config.sparsity_weight * penalty
+
+        def losses(m: SparseAutoencoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            z = m.encode(x)
+            rec = self.reconstruction_loss(m.decode_logits(z), x)
+            loss = rec + m.config.sparsity_weight * m.sparsity_penalty(z)
+            return loss, rec.detach(), z.detach().mean()
+
+        loss, rec, mean_act = self.forward(losses)
         self._step("model", loss)
-        return {"loss": loss.item(), "rec": rec.item(), "mean_act": z.mean().item()}
+        return {"loss": loss.item(), "rec": rec.item(), "mean_act": mean_act.item()}
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -117,10 +130,11 @@ class StackedRecipe(Recipe):
             opt = torch.optim.Adam(params, lr=self.args.lr)
             for epoch in range(self.args.pretrain_epochs):
                 bar = tqdm(
-                    batches(split, self.args.batch_size, generator, drop_last=True),
+                    batches(split, self.args.batch_size, generator, True, self.shard),
                     total=len(split) // self.args.batch_size,
                     desc=f"pretrain layer {k + 1}/{self.model.depth} epoch {epoch + 1}",
                     leave=False,
+                    disable=self.shard[0] != 0,
                 )
                 for step, (x, _) in enumerate(bar):
                     bar.set_postfix(loss=f"{self.pretrain_step(k, x, opt):.4f}")
@@ -133,11 +147,14 @@ class StackedRecipe(Recipe):
             h = x.flatten(1)
             for j in range(k):
                 h = self.model.encode_layer(j, h)
-        out = self.model.decode_layer(k, self.model.encode_layer(k, h))
-        if k == 0:
-            loss = F.mse_loss(torch.sigmoid(out), h, reduction="sum") / x.shape[0]
-        else:
-            loss = F.mse_loss(out, h, reduction="sum") / x.shape[0]
+
+        def layer_loss(m: StackedAutoencoder) -> torch.Tensor:
+            out = m.decode_layer(k, m.encode_layer(k, h))
+            if k == 0:
+                return F.mse_loss(torch.sigmoid(out), h, reduction="sum") / x.shape[0]
+            return F.mse_loss(out, h, reduction="sum") / x.shape[0]
+
+        loss = self.forward(layer_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,9 +167,13 @@ class VAERecipe(Recipe):
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
-        logits, mu, log_var = self.model(x)
-        nll, kl = self.model.elbo_terms(x, logits, mu, log_var)
-        loss = (nll + self.model.config.beta * kl).mean()
+
+        def losses(m: VAE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits, mu, log_var = m(x)
+            nll, kl = m.elbo_terms(x, logits, mu, log_var)
+            return (nll + m.config.beta * kl).mean(), nll.detach(), kl.detach()
+
+        loss, nll, kl = self.forward(losses)
         self._step("model", loss)
         return {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
 
@@ -182,15 +203,27 @@ class GANRecipe(Recipe):
                 self.model.critic.parameters(), lr=args.lr_critic, betas=betas
             ),
         }
+        self.forward = LossForward(model)
+        self.shard = (0, 1)
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
         z = self.model.sample_latent(x.shape[0], generator)
-        fake = self.model.decode(z)
-        d_loss = GAN.critic_loss(self.model.criticize(x), self.model.criticize(fake.detach()))
+
+        def critic_loss(m: GAN) -> torch.Tensor:
+            with torch.no_grad():
+                fake = m.decode(z)
+            return GAN.critic_loss(m.criticize(x), m.criticize(fake))
+
+        def generator_loss(m: GAN) -> torch.Tensor:
+            return GAN.generator_loss(m.criticize(m.decode(z)))
+
+        # Two forwards of the generator rather than one reused graph: each loss is computed
+        # entirely inside one forward call, which is what DDP needs to average its gradients.
+        d_loss = self.forward(critic_loss)
         self._step("critic", d_loss)
-        g_loss = GAN.generator_loss(self.model.criticize(fake))
+        g_loss = self.forward(generator_loss)
         self._step("generator", g_loss)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
@@ -210,7 +243,7 @@ class ClassifierRecipe(Recipe):
     ) -> dict[str, float]:
         dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
         x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        loss = F.cross_entropy(self.model(x), y)
+        loss = self.forward(lambda m, x_in: F.cross_entropy(m(x_in), y), x)
         self._step("model", loss)
         return {"loss": loss.item()}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from models import FAMILIES, ConfigError, LatentModel, build_model, load_model
 from .artifacts import hardware, write_artifact
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import Dataset, Split, batches, load_dataset
+from .distributed import World, join_world
 from .recipes import RECIPES, Recipe, cosine_factor
 
 
@@ -68,15 +70,33 @@ def evaluate_split(recipe: Recipe, split: Split, batch_size: int = 500) -> dict[
 
 
 def train(args: argparse.Namespace) -> Path:
-    """Run one training job end to end and return the artifact folder."""
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
+    """Run one training job end to end and return the artifact folder.
+
+    Under ``torchrun`` every process runs this; see ``distributed.py`` for the split of work.
+    """
+    world = join_world()
+    try:
+        return _train(args, world)
+    finally:
+        world.close()
+
+
+def _train(args: argparse.Namespace, world: World) -> Path:
+    if args.batch_size % world.size:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} is the global batch and must divide evenly "
+            f"among the {world.size} processes"
+        )
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local))
     dataset = load_dataset(args.dataset, args.image_shape, args.data_dir, args.val_size, args.seed)
     if args.init_from is not None:
         model = initial_model(args, dataset)
     else:
         model = build_model(args.family, model_config(args, dataset))
     recipe = RECIPES[args.family](model, args)
+    recipe.shard = (world.rank, world.size)
     for opt in recipe.optimizers.values():
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]
@@ -84,10 +104,18 @@ def train(args: argparse.Namespace) -> Path:
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if args.resume and (ckpt / "state.json").exists():
+        # Every rank reads the same checkpoint, whatever the number of ranks that wrote it:
+        # the state holds no per-rank part (see distributed.py).
         meta = load_checkpoint(ckpt, model, recipe.optimizers)
         start_epoch, history, elapsed = meta["epoch"], meta["history"], meta["elapsed"]
-        tqdm.write(f"resumed from {ckpt} after epoch {start_epoch}")
-    elif args.pretrain_epochs and hasattr(recipe, "pretrain_step"):
+        if world.is_main:
+            tqdm.write(f"resumed from {ckpt} after epoch {start_epoch}")
+    recipe.forward = world.wrap(model)  # after loading: DDP starts from rank 0's weights
+    if (
+        not (args.resume and start_epoch)
+        and args.pretrain_epochs
+        and hasattr(recipe, "pretrain_step")
+    ):
         started = time.perf_counter()
         model.train()
         recipe.pretrain(dataset.train, torch.Generator().manual_seed(args.seed))
@@ -98,36 +126,65 @@ def train(args: argparse.Namespace) -> Path:
         steps = min(steps, args.steps_per_epoch)
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
-        train_stats = run_epoch(recipe, dataset.train, args, epoch, steps)
-        val = evaluate_split(recipe, dataset.val)
-        seconds = time.perf_counter() - started
-        elapsed += seconds
-        history.append({"epoch": epoch + 1, "train": train_stats, "val": val, "seconds": seconds})
-        summary = " ".join(f"{k}={v:.4g}" for k, v in val.items())
-        tqdm.write(f"epoch {epoch + 1}/{args.epochs}: val {summary} ({seconds:.1f}s)")
-        meta = {"epoch": epoch + 1, "history": history, "elapsed": elapsed, "args": _jsonable(args)}
-        save_checkpoint(ckpt, model, recipe.optimizers, meta)
+        train_stats = run_epoch(recipe, dataset.train, args, epoch, steps, world)
+        if world.is_main:
+            val = evaluate_split(recipe, dataset.val)
+            seconds = time.perf_counter() - started
+            elapsed += seconds
+            history.append(
+                {"epoch": epoch + 1, "train": train_stats, "val": val, "seconds": seconds}
+            )
+            summary = " ".join(f"{k}={v:.4g}" for k, v in val.items())
+            tqdm.write(f"epoch {epoch + 1}/{args.epochs}: val {summary} ({seconds:.1f}s)")
+            meta = {
+                "epoch": epoch + 1,
+                "history": history,
+                "elapsed": elapsed,
+                "processes": world.size,
+                "args": _jsonable(args),
+            }
+            save_checkpoint(ckpt, model, recipe.optimizers, meta)
+        world.barrier()
 
     model.eval()
-    card = model_card(args, model, dataset, history, elapsed, steps)
-    out = write_artifact(args.out, model, dataset, history, card, args.overwrite)
-    tqdm.write(f"wrote {out} ({elapsed:.0f}s of training)")
+    out = args.out
+    gap = world.check_in_sync(model)
+    if world.is_main and world.size > 1:
+        tqdm.write(f"ddp: the {world.size} replicas agree (max parameter difference {gap:.2g})")
+    if world.is_main:
+        card = model_card(args, model, dataset, history, elapsed, steps, world)
+        out = write_artifact(args.out, model, dataset, history, card, args.overwrite)
+        tqdm.write(f"wrote {out} ({elapsed:.0f}s of training)")
+    world.barrier()
     return out
 
 
 def run_epoch(
-    recipe: Recipe, split: Split, args: argparse.Namespace, epoch: int, steps: int
+    recipe: Recipe,
+    split: Split,
+    args: argparse.Namespace,
+    epoch: int,
+    steps: int,
+    world: World | None = None,
 ) -> dict[str, float]:
-    """One pass over the training split; returns the mean of each number the recipe reports."""
+    """One pass over the training split; returns the mean of each number the recipe reports
+    (rank 0's, under torchrun)."""
+    world = world or World()
     recipe.model.train()
     generator = torch.Generator().manual_seed(args.seed * 10_000 + epoch)  # resumable order
+    # Rank 0 draws its noise (corruption, latents) from the data-order generator, as one
+    # process does; the other ranks from their own streams, so no two ranks add the same noise.
+    noise = generator
+    if world.rank:
+        noise = torch.Generator().manual_seed((args.seed * 10_000 + epoch) * 1_000 + world.rank)
     totals: dict[str, float] = {}
     bar = tqdm(
-        batches(split, args.batch_size, generator, drop_last=True),
+        batches(split, args.batch_size, generator, drop_last=True, shard=recipe.shard),
         total=steps,
         desc=f"epoch {epoch + 1}/{args.epochs}",
         leave=False,
         mininterval=1.0,
+        disable=not world.is_main,
     )
     done = 0
     for step, (x, y) in enumerate(bar):
@@ -135,7 +192,7 @@ def run_epoch(
         for opt in recipe.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * factor
-        stats = recipe.train_step(x, y, generator)
+        stats = recipe.train_step(x, y, noise)
         if not all(math.isfinite(v) for v in stats.values()):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} step {step}: {stats}")
         for key, value in stats.items():
@@ -155,6 +212,7 @@ def model_card(
     history: list[dict[str, Any]],
     elapsed: float,
     steps: int,
+    world: World | None = None,
 ) -> dict[str, Any]:
     images_seen = args.epochs * steps * args.batch_size
     return {
@@ -177,6 +235,7 @@ def model_card(
             "wall_time_s": round(elapsed, 1),
             "images_per_s": round(images_seen / elapsed, 1) if elapsed else None,
             "hardware": hardware(),
+            "processes": (world or World()).size,
             "command": "python -m training " + shlex.join(args.argv),
             "init_from": str(args.init_from) if args.init_from else None,
             "final_val": history[-1]["val"] if history else {},
