@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 
 from .imaging import ImageError, decode_base64
 
-IMAGE_FIELDS = ("image", "image_b")
+IMAGE_FIELDS = ("image", "image_b", "image_c")
 RAW_IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp", "image/bmp"}
 RESERVED_QUERY = {"format"}
 P = TypeVar("P", bound=BaseModel)
@@ -85,6 +85,8 @@ async def parse_request(request: Request, image_fields: tuple[str, ...] = ()) ->
                     )
                 elif key == "noise":
                     params.update(_flatten_noise(parse_json(value.encode())))
+                elif value.lstrip().startswith("["):  # a list (a latent) sent as JSON text
+                    params[key] = parse_json(value.encode())
                 else:
                     params[key] = value
     elif ctype in RAW_IMAGE_TYPES:

@@ -30,6 +30,7 @@ SERVICE_OPERATIONS: dict[str, tuple[frozenset[str], ...]] = {
     "reconstruct": (frozenset({"reconstruct"}), frozenset({"invert", "decode"})),
     "denoise": (frozenset({"reconstruct"}),),
     "interpolate": (frozenset({"decode"}),),
+    "arithmetic": (frozenset({"decode"}),),
     "generate": (frozenset({"sample"}),),
     "classify": (frozenset({"classify"}),),
 }

@@ -49,8 +49,10 @@ def image_reply(
     meta: dict[str, Any],
     compress_level: int,
     single: bool,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
-    """Render named image batches (the first is the main result) in the chosen format."""
+    """Render named image batches (the first is the main result) in the chosen format;
+    ``extra`` fields go into JSON replies only."""
     main = next(iter(images.values()))
     headers = {
         f"X-Latentserve-{k.replace('_', '-').title()}": str(v)
@@ -65,7 +67,7 @@ def image_reply(
         )
     if fmt == "gif":
         return Response(gif_bytes(main), media_type="image/gif", headers=headers)
-    body: dict[str, Any] = dict(meta)
+    body: dict[str, Any] = {**meta, **(extra or {})}
     for name, batch in images.items():
         if fmt == "array":
             value: Any = [img.tolist() for img in batch]

@@ -51,6 +51,18 @@ class InterpolateParams(ImageParams):
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="prior scale for seed ends")
 
 
+class ArithmeticParams(ImageParams):
+    """result = c + scale * (a - b); each term is an image (image, image_b, image_c) or a latent."""
+
+    latent_a: list[float] | None = Field(None, max_length=4096)
+    latent_b: list[float] | None = Field(None, max_length=4096)
+    latent_c: list[float] | None = Field(None, max_length=4096)
+    scale: float = Field(1.0, ge=-10.0, le=10.0, description="weight of the difference a - b")
+    include_terms: bool = Field(
+        True, description="also return a, b and c as the model decodes them (JSON formats)"
+    )
+
+
 class GenerateParams(Params):
     n: int = Field(8, ge=1, description="images to generate (1..LATENTSERVE_MAX_N)")
     seed: int | None = Field(

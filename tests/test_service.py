@@ -83,6 +83,7 @@ def test_list_and_describe(client: TestClient) -> None:
     vae = client.get("/v1/models/vae-t").json()
     assert vae["family"] == "vae" and vae["image_shape"] == [1, 28, 28] and vae["latent_dim"] == 3
     assert vae["operations"] == [
+        "arithmetic",
         "decode",
         "denoise",
         "encode",
@@ -92,6 +93,7 @@ def test_list_and_describe(client: TestClient) -> None:
     ]
     gan = client.get("/v1/models/gan-t").json()
     assert gan["operations"] == [
+        "arithmetic",
         "decode",
         "encode",
         "generate",
@@ -376,6 +378,57 @@ def test_interpolate_errors(
     assert r.status_code == status and message in r.json()["detail"], r.json()
 
 
+def test_arithmetic_on_latents_is_c_plus_scale_times_a_minus_b(client: TestClient) -> None:
+    za, zb, zc = [1.0, 0.0, -1.0], [0.5, 0.5, 0.5], [0.0, 2.0, 0.0]
+    r = client.post(
+        "/v1/models/vae-t/arithmetic?format=array",
+        json={"latent_a": za, "latent_b": zb, "latent_c": zc, "scale": 2.0},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["latent"] == pytest.approx([1.0, 1.0, -3.0])
+    vae = app_model(client, "vae-t")
+    expected = vae.decode(torch.tensor([[1.0, 1.0, -3.0], zc]))
+    assert torch.allclose(torch.tensor(body["image"]), expected[0], atol=1e-5)
+    assert torch.allclose(torch.tensor(body["c"]), expected[1], atol=1e-5)
+
+
+def test_arithmetic_mixes_images_and_latents(client: TestClient) -> None:
+    ae = app_model(client, "ae-t")
+    other = png(value=90)
+    zb = ae.encode(as_tensor(other))[0]
+    r = client.post("/v1/models/ae-t/arithmetic?format=array",
+                    files={"image": ("a.png", IMG, "image/png"), "image_c": ("c.png", other, "image/png")},
+                    data={"latent_b": json.dumps(zb.tolist())})  # fmt: skip
+    assert r.status_code == 200, r.text
+    # a - b + c with b = c's own code is a's code: the result is a's reconstruction
+    assert torch.allclose(
+        torch.tensor(r.json()["image"]), ae.reconstruct(as_tensor(IMG))[0], atol=1e-4
+    )
+    png_reply = client.post(
+        "/v1/models/ae-t/arithmetic",
+        json={"latent_a": zb.tolist(), "latent_b": zb.tolist(), "latent_c": zb.tolist()},
+        headers={"accept": "image/png"},
+    )
+    assert png_reply.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png_reply.content)).size == (28, 28)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"latent_a": [0, 0, 0], "latent_b": [0, 0, 0]}, "term c: give exactly one of image_c"),
+        ({"latent_a": [0, 0], "latent_b": [0, 0, 0], "latent_c": [0, 0, 0]}, "latent_a: vae-t takes latents of length 3, got 2"),
+        ({"latent_a": [9e3] * 3, "latent_b": [-9e3] * 3, "latent_c": [0, 0, 0]}, "result latent is not finite or exceeds"),
+        ({"latent_a": [0] * 3, "latent_b": [0] * 3, "latent_c": [0] * 3, "scale": 11}, "scale: Input should be less than or equal to 10"),
+        ({"latent_a": [0] * 3, "latent_b": [0] * 3, "latent_c": [0] * 3, "weights": 1}, "weights: unknown field; accepted: include_terms, invert, latent_a"),
+    ],
+)  # fmt: skip
+def test_arithmetic_errors(client: TestClient, body: dict[str, Any], message: str) -> None:
+    r = client.post("/v1/models/vae-t/arithmetic", json=body)
+    assert r.status_code == 422 and message in r.json()["detail"], r.json()
+
+
 def test_classify(client: TestClient) -> None:
     r = send(client, "/v1/models/classifier-t/classify", "multipart").json()
     probs = r["probabilities"]
@@ -388,12 +441,12 @@ def test_classify(client: TestClient) -> None:
     [
         (
             "/v1/models/gan-t/denoise",
-            "model 'gan-t' (gan) does not support denoise; it supports: decode, encode, generate, interpolate, reconstruct",
+            "model 'gan-t' (gan) does not support denoise; it supports: arithmetic, decode, encode, generate, interpolate, reconstruct",
         ),
         ("/v1/models/classifier-t/reconstruct", "does not support reconstruct"),
         (
             "/v1/models/ae-t/generate",
-            "model 'ae-t' (ae) does not support generate; it supports: decode, denoise, encode, interpolate, reconstruct",
+            "model 'ae-t' (ae) does not support generate; it supports: arithmetic, decode, denoise, encode, interpolate, reconstruct",
         ),
         ("/v1/models/classifier-t/decode", "it supports: classify"),
     ],

@@ -16,7 +16,14 @@ from ..inference import check_latents, new_seed
 from ..parsing import Parsed, parse_request, validate
 from ..registry import LoadedModel
 from ..responses import choose_format, image_reply
-from ..schemas import DecodeParams, DenoiseParams, GenerateParams, ImageParams, InterpolateParams
+from ..schemas import (
+    ArithmeticParams,
+    DecodeParams,
+    DenoiseParams,
+    GenerateParams,
+    ImageParams,
+    InterpolateParams,
+)
 from .openapi import IMAGE_RESPONSES, TINY_PNG, body
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -208,6 +215,67 @@ async def interpolation_ends(
     za = ops.prior_latents(lm, 1, params.seed_a, params.temperature)[0]
     zb = ops.prior_latents(lm, 1, params.seed_b, params.temperature)[0]
     return za, zb
+
+
+#: arithmetic term -> (its image field, its latent field)
+ARITHMETIC_TERMS = {"a": ("image", "latent_a"), "b": ("image_b", "latent_b"), "c": ("image_c", "latent_c")}  # fmt: skip
+
+
+@router.post(
+    "/{name}/arithmetic", summary="Latent arithmetic: c + scale * (a - b)", responses=IMAGE_RESPONSES,
+    openapi_extra=body(ArithmeticParams, {"latent_a": [0.5] * 4, "latent_b": [0.0] * 4, "latent_c": [0.1] * 4}, ("image", "image_b", "image_c")),
+)  # fmt: skip
+async def arithmetic(
+    name: Annotated[str, Path(examples=["vae-fashion"])], request: Request, state: State
+) -> Response:
+    """Decode c + scale * (a - b), each term given as an image (`image`, `image_b`, `image_c`,
+    encoded first) or a latent (`latent_a`, `latent_b`, `latent_c`): "ankle boot minus sandal
+    plus another sandal" moves the other sandal the way the boot differs from the first."""
+    started = time.perf_counter()
+    lm = find_model(state, name, "arithmetic")
+    fmt = choose_format(request, IMAGE_FORMATS)
+    parsed = await parse_request(request, ("image", "image_b", "image_c"))
+    params = validate(ArithmeticParams, parsed.params)
+    z = await arithmetic_terms(state, lm, parsed, params)
+    result = z["c"] + params.scale * (z["a"] - z["b"])  # [K]
+    if not torch.isfinite(result).all() or float(result.abs().max()) > 1e4:
+        raise HTTPException(422, "the result latent is not finite or exceeds magnitude 10000")
+    decoded = await state.operations.decode(lm, torch.stack([result, z["a"], z["b"], z["c"]]))
+    images = {"image": decoded[:1]}
+    if params.include_terms:
+        images.update(a=decoded[1:2], b=decoded[2:3], c=decoded[3:4])
+    meta = {"model": name, "scale": params.scale, "timing_ms": ms(started)}
+    extra = {"latent": result.tolist()}
+    return image_reply(fmt, images, meta, state.settings.png_compress_level, True, extra)
+
+
+async def arithmetic_terms(
+    state: AppState, lm: LoadedModel, parsed: Parsed, params: ArithmeticParams
+) -> dict[str, torch.Tensor]:
+    """Each of a, b, c as a latent [K]: its latent as given, or its image encoded."""
+    latents: dict[str, torch.Tensor] = {}
+    to_encode = []
+    for term, (image_field, latent_field) in ARITHMETIC_TERMS.items():
+        latent = getattr(params, latent_field)
+        has_image = image_field in parsed.images
+        if has_image == (latent is not None):
+            raise HTTPException(
+                422, f"term {term}: give exactly one of {image_field} (an image) or {latent_field}"
+            )
+        if latent is not None:
+            latents[term] = check_latents(lm, [latent], latent_field)[0]
+        else:
+            to_encode.append(term)
+    if to_encode:
+        if "encode" not in lm.operations:
+            raise HTTPException(
+                400, f"model {lm.name!r} cannot encode images; give latent_a, latent_b and latent_c"
+            )
+        fields = tuple(ARITHMETIC_TERMS[t][0] for t in to_encode)
+        x = await images_from(state, lm, parsed, fields, params.invert)
+        z = (await state.operations.encode(lm, torch.cat([x[f] for f in fields])))["latent"]
+        latents.update(zip(to_encode, z, strict=True))
+    return latents
 
 
 @router.post(
