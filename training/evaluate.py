@@ -78,8 +78,14 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--inversion-images", type=positive_int, default=100,
-        help="GAN: test images to invert (200 Adam steps, 4 restarts)",
+        help="GAN: test images to invert",
     )  # fmt: skip
+    p.add_argument(
+        "--inversion-steps", type=positive_int, default=200, help="GAN: Adam steps per inversion"
+    )
+    p.add_argument(
+        "--inversion-restarts", type=positive_int, default=4, help="GAN: random starts per image"
+    )
     p.add_argument(
         "--iw-samples", type=positive_int, default=500, help="VAE: importance samples K per image"
     )
@@ -245,7 +251,11 @@ def evaluate_gan(
     inverted = test[: args.inversion_images]
     started = time.perf_counter()
     z, _ = invert(
-        model, inverted, steps=200, restarts=4, generator=torch.Generator().manual_seed(0)
+        model,
+        inverted,
+        steps=args.inversion_steps,
+        restarts=args.inversion_restarts,
+        generator=torch.Generator().manual_seed(0),
     )
     inversion_seconds = (time.perf_counter() - started) / len(inverted)
     return {
