@@ -54,7 +54,8 @@ def corrupt(
 
 @dataclasses.dataclass
 class DenoisingConfig(AutoencoderConfig):
-    noise_kinds: tuple[str, ...] = NOISE_KINDS  # kinds drawn uniformly per training image
+    noise_kinds: tuple[str, ...] = NOISE_KINDS  # kinds drawn per training image
+    noise_probs: tuple[float, ...] | None = None  # chance of each kind (None: uniform)
     gaussian_max: float = 0.5  # Gaussian sigma drawn from U(0, gaussian_max)
     salt_pepper_max: float = 0.3  # salt-and-pepper fraction drawn from U(0, salt_pepper_max)
     mask_max: float = 0.5  # masked fraction drawn from U(0, mask_max)
@@ -68,6 +69,18 @@ class DenoisingConfig(AutoencoderConfig):
                 f"noise_kinds must be a non-empty subset of {list(NOISE_KINDS)}, "
                 f"got {list(self.noise_kinds)}"
             )
+        if self.noise_probs is not None:
+            self.noise_probs = tuple(self.noise_probs)
+            if len(self.noise_probs) != len(self.noise_kinds) or any(
+                not isinstance(p, int | float) or isinstance(p, bool) or p < 0
+                for p in self.noise_probs
+            ):
+                raise ConfigError(
+                    f"noise_probs must give one non-negative weight per noise kind "
+                    f"({len(self.noise_kinds)}), got {list(self.noise_probs)}"
+                )
+            if sum(self.noise_probs) <= 0:
+                raise ConfigError("noise_probs must not all be zero")
         for name in ("gaussian_max", "salt_pepper_max", "mask_max"):
             check_range(name, getattr(self, name), 0.0, 1.0)
 
@@ -87,8 +100,12 @@ class DenoisingAutoencoder(Autoencoder):
         self, x: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Blind training corruption: each image gets a random kind and level from the config."""
-        kinds = self.config.noise_kinds
-        which = torch.randint(len(kinds), (x.shape[0],), generator=generator, device=x.device)
+        kinds, probs = self.config.noise_kinds, self.config.noise_probs
+        if probs is None:
+            which = torch.randint(len(kinds), (x.shape[0],), generator=generator, device=x.device)
+        else:
+            weights = torch.tensor(probs, dtype=torch.float32, device=x.device)
+            which = torch.multinomial(weights, x.shape[0], replacement=True, generator=generator)
         out = x.clone()
         for i, kind in enumerate(kinds):
             rows = which == i

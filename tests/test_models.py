@@ -217,3 +217,17 @@ def test_gan_inversion_respects_its_time_budget() -> None:
     started = time.perf_counter()
     invert(gan, torch.rand(2, 1, 28, 28), steps=100_000, restarts=2, time_budget_s=0.3)
     assert time.perf_counter() - started < 3
+
+
+def test_dae_noise_probs_choose_the_kinds() -> None:
+    from models.denoising import DenoisingAutoencoder, DenoisingConfig
+
+    with pytest.raises(ConfigError, match="one non-negative weight per noise kind"):
+        DenoisingConfig(image_shape=(1, 28, 28), noise_probs=(1.0, 0.0))
+    only_mask = DenoisingAutoencoder(
+        DenoisingConfig(image_shape=(1, 8, 8), width=4, latent_dim=4, noise_probs=(0, 0, 1))
+    )
+    x = torch.full((64, 1, 8, 8), 0.5)
+    out = only_mask.corrupt_for_training(x, torch.Generator().manual_seed(0))
+    assert set(out.unique().tolist()) <= {0.0, 0.5}  # masking only: no Gaussian, no salt
+    assert (out == 0).any()

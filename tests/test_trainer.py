@@ -150,7 +150,10 @@ def test_init_from_fine_tunes_an_artifact(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--family", "ae", "--width", "8"], r"--width \(8\) contradicts --init-from"),
+        (
+            ["--family", "ae", "--width", "8"],
+            r"--width \(8\) changes the architecture of --init-from",
+        ),
         (["--family", "vae"], "holds a 'ae' model, not 'vae'"),
     ],
 )
@@ -165,3 +168,15 @@ def test_init_from_rejects_contradicting_flags(
     assert result.returncode == 2, result.stderr
     assert __import__("re").search(message, result.stderr), result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_init_from_may_change_how_a_model_trains(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    assert main(["train", "--family", "dae", "--dry-run", "--width", "4", "--out", str(base),
+                 "--checkpoint-dir", str(tmp_path / "c0")]) == 0  # fmt: skip
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--family", "dae", "--dry-run", "--init-from", str(base),
+                 "--noise-probs", "0.6,0.2,0.2", "--out", str(tuned),
+                 "--checkpoint-dir", str(tmp_path / "c1")]) == 0  # fmt: skip
+    config = json.loads((tuned / "config.json").read_text())["config"]
+    assert config["noise_probs"] == [0.6, 0.2, 0.2] and config["width"] == 4

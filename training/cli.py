@@ -80,6 +80,13 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(positive_int(p) for p in text.split(","))
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    values = tuple(_number(p, float) for p in text.split(","))
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be numbers of 0 or more, got {text}")
+    return values
+
+
 def noise_kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(","))
     bad = [k for k in kinds if k not in NOISE_KINDS]
@@ -197,6 +204,11 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--noise-kinds", type=noise_kinds, help="dae: kinds to train against, comma-separated"
+    )
+    g.add_argument(
+        "--noise-probs",
+        type=float_list,
+        help="dae: chance of each noise kind, in --noise-kinds order (default: equal)",
     )
     g.add_argument("--gaussian-max", type=fraction, help="dae: largest Gaussian sigma")
     g.add_argument("--salt-pepper-max", type=fraction, help="dae: largest salt-and-pepper fraction")

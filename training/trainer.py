@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models import FAMILIES, ConfigError, LatentModel, build_model, load_model
+from models import FAMILIES, CheckpointError, ConfigError, LatentModel, build_model, load_model
+from models.checkpoint import WEIGHTS_FILE, check_state
 
 from .artifacts import hardware, write_artifact
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -37,25 +38,36 @@ def model_config(args: argparse.Namespace, dataset: Dataset) -> dict[str, Any]:
 
 
 def initial_model(args: argparse.Namespace, dataset: Dataset) -> LatentModel:
-    """Load ``--init-from`` for fine-tuning; the flags given must not contradict its config."""
-    model = load_model(args.init_from)
-    if model.family != args.family:
+    """Load ``--init-from`` for fine-tuning. Flags may change how it trains (noise mix,
+    sparsity weight, beta), not its architecture: the weights must still fit."""
+    base = load_model(args.init_from)
+    if base.family != args.family:
         raise ConfigError(
-            f"--init-from {args.init_from} holds a {model.family!r} model, not {args.family!r}"
+            f"--init-from {args.init_from} holds a {base.family!r} model, not {args.family!r}"
         )
-    wanted = model_config(args, dataset)
-    for name, value in wanted.items():
-        have = getattr(model.config, name)
-        if name == "image_shape" or isinstance(have, tuple):
-            have, value = list(have), list(value)
-        if have != value:
-            flag = "the dataset's image shape" if name == "image_shape" else f"--{name}"
-            flag = flag.replace("_", "-") if flag.startswith("--") else flag
-            raise ConfigError(
-                f"{flag} ({value}) contradicts --init-from {args.init_from} ({have}); "
-                "drop the flag or train from scratch"
-            )
+    if tuple(base.image_shape) != tuple(dataset.image_shape):
+        raise ConfigError(
+            f"--init-from {args.init_from} takes images {list(base.image_shape)}, "
+            f"the dataset gives {list(dataset.image_shape)}"
+        )
+    config = dataclasses.asdict(base.config)
+    given = {k: v for k, v in model_config(args, dataset).items() if k != "class_names"}
+    changed = {k: v for k, v in given.items() if _plain(v) != _plain(config[k])}
+    try:
+        model = build_model(args.family, config | changed)
+        check_state(args.init_from / WEIGHTS_FILE, model.state_dict(), base.state_dict())
+    except (ConfigError, CheckpointError) as exc:
+        flags = ", ".join(f"--{k.replace('_', '-')} ({v})" for k, v in changed.items())
+        raise ConfigError(
+            f"{flags} changes the architecture of --init-from {args.init_from}: {exc}; "
+            "drop the flag or train from scratch"
+        ) from None
+    model.load_state_dict(base.state_dict())
     return model.train()
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 @torch.no_grad()
