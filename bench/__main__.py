@@ -62,12 +62,14 @@ def alive(pid: int) -> bool:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB."""
+    """Memory of a process and all its descendants, in MB: the sum of their proportional set
+    sizes (PSS), so that library pages shared by the workers count once, not once per worker
+    (a plain RSS sum over-counts torch's shared libraries by ~150 MB per extra process)."""
     total = 0
     for p in descendants(pid):
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
     return total / 1024
 
@@ -266,7 +268,7 @@ def main() -> int:
             info.pop("rss")
             results["runs"][key] = {"workers": workers, "points": points, **info}
             print(
-                f"{key:16} cold start {info['cold_start_s']:.2f} s, RSS {info['rss_mb']:.0f} MB, SIGTERM: {info['sigterm']}"
+                f"{key:16} cold start {info['cold_start_s']:.2f} s, memory (PSS) {info['rss_mb']:.0f} MB, SIGTERM: {info['sigterm']}"
             )
     write_reports(results)
     return 0
@@ -298,7 +300,7 @@ def write_reports(results: dict[str, Any]) -> None:
     extra = []
     for key, run in results["runs"].items():
         extra.append(
-            f"- {key}: cold start {run['cold_start_s']:.2f} s, resident memory {run['rss_mb']:.0f} MB, on SIGTERM: {run['sigterm']}"
+            f"- {key}: cold start {run['cold_start_s']:.2f} s, memory (PSS, all processes) {run['rss_mb']:.0f} MB, on SIGTERM: {run['sigterm']}"
         )
         if "raw_png_64" in run:
             r = run["raw_png_64"]
