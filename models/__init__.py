@@ -6,7 +6,7 @@ x_hat = model.decode(z)
 save_model(model, "somewhere/")             # config.json + model.safetensors
 """
 
-from . import autoencoder, classifier, denoising, gan, sparse, stacked, vae
+from . import autoencoder, cgan, classifier, cvae, denoising, gan, sparse, stacked, vae
 from .base import (
     FAMILIES,
     OPERATIONS,
@@ -28,8 +28,10 @@ __all__ = [
     "ModelConfig",
     "autoencoder",
     "build_model",
+    "cgan",
     "classifier",
     "corrupt",
+    "cvae",
     "denoising",
     "gan",
     "load_model",

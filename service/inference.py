@@ -16,6 +16,7 @@ from fastapi import HTTPException
 
 from models import corrupt
 from models.classifier import Classifier
+from models.conditioning import ConditionalCode
 from models.gan import GAN
 from models.inversion import invert
 from models.vae import VAE
@@ -44,6 +45,32 @@ def check_latents(lm: LoadedModel, rows: list[list[float]], field: str) -> torch
             422, f"{field}: values must be finite numbers of magnitude at most 10000"
         )
     return z
+
+
+def class_index(lm: LoadedModel, value: int | str | None, field: str) -> int | None:
+    """A class given by name or index -> its index; None stays None (a random class)."""
+    if value is None:
+        return None
+    if not isinstance(lm.model, ConditionalCode):
+        raise HTTPException(
+            400, f"{field}: model {lm.name!r} is not class-conditional; leave {field} out"
+        )
+    names = lm.class_names
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int):
+        if not 0 <= value < len(names):
+            raise HTTPException(
+                422,
+                f"{field}: index {value} is out of range; {lm.name} has classes 0..{len(names) - 1}",
+            )
+        return value
+    if value not in names:
+        raise HTTPException(
+            422,
+            f"{field}: {value!r} is not a class of {lm.name}; choose one of: {', '.join(names)}",
+        )
+    return names.index(value)
 
 
 def interpolation_path(za: torch.Tensor, zb: torch.Tensor, steps: int, method: str) -> torch.Tensor:
@@ -105,13 +132,20 @@ class Operations:
     def corrupt(self, x: torch.Tensor, kind: str, level: float, seed: int) -> torch.Tensor:
         return corrupt(x, kind, level, torch.Generator().manual_seed(seed))
 
-    def prior_latents(self, lm: LoadedModel, n: int, seed: int, temperature: float) -> torch.Tensor:
-        return lm.model.sample_latent(n, torch.Generator().manual_seed(seed), temperature)
+    def prior_latents(
+        self, lm: LoadedModel, n: int, seed: int, temperature: float, label: int | None = None
+    ) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        if label is None:
+            return lm.model.sample_latent(n, g, temperature)
+        model = lm.model
+        assert isinstance(model, ConditionalCode)
+        return model.sample_latent(n, g, temperature, torch.full((n,), label, dtype=torch.long))
 
     async def generate(
-        self, lm: LoadedModel, n: int, seed: int, temperature: float
+        self, lm: LoadedModel, n: int, seed: int, temperature: float, label: int | None = None
     ) -> torch.Tensor:
-        return await self.decode(lm, self.prior_latents(lm, n, seed, temperature))
+        return await self.decode(lm, self.prior_latents(lm, n, seed, temperature, label))
 
     async def interpolate(
         self, lm: LoadedModel, za: torch.Tensor, zb: torch.Tensor, steps: int, method: str

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from models import CheckpointError, LatentModel, load_model
+from models.conditioning import ConditionalCode
 
 log = logging.getLogger("latentserve.registry")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -73,6 +74,7 @@ class LoadedModel:
             "operations": self.operations,
             "parameters": self.model.parameter_count(),
             "class_names": self.class_names,
+            "conditional": isinstance(self.model, ConditionalCode),
             "metrics": self.card.get("metrics", {}),
             "dataset": self.card.get("dataset", {}).get("name"),
         }

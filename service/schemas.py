@@ -46,6 +46,12 @@ class InterpolateParams(ImageParams):
     latent_b: list[float] | None = Field(None, max_length=4096)
     seed_a: int | None = Field(None, ge=0, le=2**63 - 1)
     seed_b: int | None = Field(None, ge=0, le=2**63 - 1)
+    class_a: int | str | None = Field(
+        None, description="class-conditional models: the class of the seed_a end (name or index)"
+    )
+    class_b: int | str | None = Field(
+        None, description="class-conditional models: the class of the seed_b end (name or index)"
+    )
     steps: int = Field(8, ge=2, description="frames, both ends included (2..LATENTSERVE_MAX_STEPS)")
     method: Literal["linear", "slerp"] = "linear"
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="prior scale for seed ends")
@@ -70,6 +76,11 @@ class GenerateParams(Params):
     )
     temperature: float = Field(
         1.0, gt=0.0, le=10.0, description="scales the prior's standard deviation"
+    )
+    class_: int | str | None = Field(
+        None,
+        alias="class",
+        description="class-conditional models: the class to draw, by name or index (random if absent)",
     )
 
 

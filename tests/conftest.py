@@ -21,6 +21,8 @@ TINY_WEIGHTS = {
     "dae-t": "dae",
     "vae-t": "vae",
     "gan-t": "gan",
+    "cvae-t": "cvae",
+    "cgan-t": "cgan",
     "stacked-t": "stacked-ae",
     "sparse-t": "sparse-ae",
     "classifier-t": "classifier",

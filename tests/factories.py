@@ -16,6 +16,8 @@ TINY: dict[str, dict[str, Any]] = {
     "stacked-ae": {"latent_dim": 4, "hidden_sizes": [16, 8]},
     "vae": {"latent_dim": 3, "width": 4},
     "gan": {"latent_dim": 5, "width": 4},
+    "cvae": {"latent_dim": 3, "width": 4, "class_names": ["boot", "sandal", "bag"]},
+    "cgan": {"latent_dim": 5, "width": 4, "class_names": ["boot", "sandal", "bag"]},
     "classifier": {"latent_dim": 8, "width": 4, "class_names": ["a", "b", "c"]},
 }
 
@@ -25,7 +27,7 @@ def tiny_model(
 ) -> LatentModel:
     torch.manual_seed(seed)
     model = build_model(family, {**TINY[family], "image_shape": image_shape, **overrides})
-    if family == "gan":  # settle batch-norm statistics so eval mode is not degenerate
+    if family in ("gan", "cgan"):  # settle batch-norm statistics so eval mode is not degenerate
         model.train()
         with torch.no_grad():
             model.decode(model.sample_latent(64))

@@ -23,9 +23,17 @@ GENERATIVE = [f for f in TINY if f != "classifier"]
 def test_forward_backward_every_family_and_shape(family: str, shape: tuple[int, int, int]) -> None:
     model = tiny_model(family, image_shape=shape).train()
     x = torch.rand(3, *shape)
+    labels = torch.tensor([0, 2, 1])
     if family == "gan":
         out = model.decode(model.sample_latent(3))
         loss = model.criticize(out).mean() + model.criticize(x).mean()
+    elif family == "cgan":
+        out = model.decode(model.sample_latent(3, labels=labels))
+        loss = model.criticize(out, labels).mean() + model.criticize(x, labels).mean()
+    elif family == "cvae":
+        nll, kl, ce = model.loss_terms(x, labels)
+        out = model(x, labels)[0]
+        loss = (nll + kl + ce).mean()
     else:
         out = model(x)[0] if family == "vae" else model(x)
         loss = out.pow(2).mean()
@@ -175,7 +183,9 @@ def test_bad_configs_are_refused(family: str, config: dict, message: str) -> Non
 
 
 def test_every_family_is_registered() -> None:
-    assert set(FAMILIES) == {"ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "classifier"}
+    assert set(FAMILIES) == {
+        "ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "cvae", "cgan", "classifier"
+    }  # fmt: skip
 
 
 def test_spatial_code_keeps_the_map_layout() -> None:
@@ -231,3 +241,28 @@ def test_dae_noise_probs_choose_the_kinds() -> None:
     out = only_mask.corrupt_for_training(x, torch.Generator().manual_seed(0))
     assert set(out.unique().tolist()) <= {0.0, 0.5}  # masking only: no Gaussian, no salt
     assert (out == 0).any()
+
+
+@pytest.mark.parametrize("family", ["cvae", "cgan"])
+def test_conditional_code_is_noise_then_one_hot_class(family: str) -> None:
+    model = tiny_model(family)
+    k, classes = model.noise_dim, model.num_classes
+    assert model.latent_dim == k + classes
+    codes = model.sample_latent(
+        4, torch.Generator().manual_seed(0), labels=torch.tensor([0, 1, 2, 1])
+    )
+    assert codes.shape == (4, k + classes)
+    assert torch.equal(codes[:, k:], torch.eye(classes)[[0, 1, 2, 1]])
+    with pytest.raises(ValueError, match="class indices in \\[0, 3\\)"):
+        model.sample_latent(1, labels=torch.tensor([3]))
+    if family == "cvae":  # encode gives a complete code: mean, then class probabilities
+        code = model.encode(torch.rand(2, 1, 28, 28))
+        assert torch.allclose(code[:, k:].sum(1), torch.ones(2))
+
+
+def test_cvae_decoder_depends_on_the_class() -> None:
+    model = tiny_model("cvae")
+    z = torch.zeros(1, model.noise_dim)
+    a = model.decode(model.join(z, torch.tensor([0])))
+    b = model.decode(model.join(z, torch.tensor([2])))
+    assert (a - b).abs().max() > 1e-4

@@ -76,6 +76,8 @@ def test_list_and_describe(client: TestClient) -> None:
         "dae-t",
         "vae-t",
         "gan-t",
+        "cvae-t",
+        "cgan-t",
         "stacked-t",
         "sparse-t",
         "classifier-t",
@@ -116,7 +118,10 @@ def test_unknown_or_hostile_model_names_are_404(client: TestClient, name: str) -
         assert r.status_code == 404, (path, r.text)
         detail = r.json()["detail"]
         # either the router found no route at all ("/" in the name), or ours answered
-        assert detail == "Not Found" or "available models: ae-t, classifier-t, dae-t" in detail
+        assert (
+            detail == "Not Found"
+            or "available models: ae-t, cgan-t, classifier-t, cvae-t, dae-t" in detail
+        )
         assert "etc" not in detail and "passwd" not in detail
 
 
@@ -631,3 +636,62 @@ def test_gan_encode_reconstruct_and_interpolate_by_inversion(weights_dir) -> Non
                          data={"steps": "3"}).json()  # fmt: skip
     assert frames["count"] == 3
     client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("name", ["cvae-t", "cgan-t"])
+def test_generate_a_class_by_name_or_index(client: TestClient, name: str) -> None:
+    info = client.get(f"/v1/models/{name}").json()
+    assert info["conditional"] is True and info["class_names"] == ["boot", "sandal", "bag"]
+    by_name = client.post(f"/v1/models/{name}/generate?format=array",
+                          json={"n": 4, "seed": 9, "class": "sandal"})  # fmt: skip
+    by_index = client.post(f"/v1/models/{name}/generate?format=array",
+                           json={"n": 4, "seed": 9, "class": 1})  # fmt: skip
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["class"] == "sandal"
+    assert by_name.json()["images"] == by_index.json()["images"]
+    model = app_model(client, name)
+    expected = model.decode(
+        model.sample_latent(4, torch.Generator().manual_seed(9), 1.0, torch.full((4,), 1))
+    )
+    assert torch.allclose(torch.tensor(by_name.json()["images"]), expected, atol=1e-5)
+    other = client.post(f"/v1/models/{name}/generate?format=array",
+                        json={"n": 4, "seed": 9, "class": "bag"}).json()  # fmt: skip
+    assert other["images"] != by_name.json()["images"]  # same noise, another class
+    query = client.post(f"/v1/models/{name}/generate?n=1&seed=9&class=1")  # strings, as from a form
+    assert query.status_code == 200 and query.json()["class"] == "sandal", query.text
+
+
+def test_interpolate_between_classes(client: TestClient) -> None:
+    r = client.post(
+        "/v1/models/cgan-t/interpolate?format=array",
+        json={"seed_a": 3, "seed_b": 3, "class_a": "boot", "class_b": "bag", "steps": 3},
+    )
+    assert r.status_code == 200, r.text
+    model = app_model(client, "cgan-t")
+    z = model.sample_latent(1, torch.Generator().manual_seed(3), 1.0, torch.tensor([0]))
+    middle = z.clone()
+    middle[0, -3:] = torch.tensor([0.5, 0.0, 0.5])  # half boot, half bag, same noise
+    assert torch.allclose(torch.tensor(r.json()["frames"][1]), model.decode(middle)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "status", "message"),
+    [
+        ("cgan-t", {"class": "sneaker"}, 422, "class: 'sneaker' is not a class of cgan-t; choose one of: boot, sandal, bag"),
+        ("cgan-t", {"class": 3}, 422, "class: index 3 is out of range; cgan-t has classes 0..2"),
+        ("cgan-t", {"class": -1}, 422, "class: index -1 is out of range"),
+        ("gan-t", {"class": "boot"}, 400, "class: model 'gan-t' is not class-conditional"),
+        ("cvae-t", {"class": [1]}, 422, "class"),
+    ],
+)  # fmt: skip
+def test_generate_class_errors(
+    client: TestClient, name: str, body: dict[str, Any], status: int, message: str
+) -> None:
+    r = client.post(f"/v1/models/{name}/generate", json=body)
+    assert r.status_code == status and message in r.json()["detail"], r.json()
+
+
+def test_class_ends_only_with_seed_ends(client: TestClient) -> None:
+    r = client.post("/v1/models/cgan-t/interpolate",
+                    json={"latent_a": [0.0] * 8, "latent_b": [1.0] * 8, "class_a": "boot"})  # fmt: skip
+    assert r.status_code == 422 and "apply to seed ends" in r.json()["detail"]

@@ -16,8 +16,8 @@ from models import FAMILIES, NOISE_KINDS, CheckpointError, ConfigError
 from .checkpoints import ResumeError
 from .data import FASHION_MNIST_DIR, DatasetError
 
-TRAINABLE = ("ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "classifier")
-DEFAULT_LR = {"gan": 2e-4}  # everything else: 2e-3
+TRAINABLE = ("ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "cvae", "cgan", "classifier")
+DEFAULT_LR = {"gan": 2e-4, "cgan": 2e-4}  # everything else: 2e-3
 
 
 class Parser(argparse.ArgumentParser):
@@ -220,7 +220,10 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--sparsity-weight", type=positive_float, help="sparse-ae: weight of the penalty"
     )
-    g.add_argument("--beta", type=positive_float, help="vae: weight of the KL term")
+    g.add_argument("--beta", type=positive_float, help="vae, cvae: weight of the KL term")
+    g.add_argument(
+        "--class-weight", type=positive_float, help="cvae: weight of the encoder's class loss"
+    )
     g.add_argument(
         "--lr-critic", type=positive_float, default=4e-4, help="gan: critic learning rate"
     )

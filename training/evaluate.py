@@ -19,7 +19,10 @@ import torch
 from tqdm import tqdm
 
 from models import LatentModel, corrupt, load_model
+from models.cgan import ConditionalGAN
 from models.classifier import Classifier
+from models.conditioning import ConditionalCode
+from models.cvae import ConditionalVAE
 from models.gan import GAN
 from models.inversion import invert
 from models.sparse import SparseAutoencoder
@@ -49,7 +52,11 @@ FLOORS: dict[str, list[tuple[str, str, float | str]]] = {
     "stacked-ae": [("psnr", ">=", "pca_psnr+3")],
     "sparse-ae": [("psnr", ">=", "pca_psnr+3"), ("mean_activation_rel_error", "<=", 0.2)],
     "vae": [("psnr", ">=", 20.0)],
-    "gan": [("min_class_share", ">=", 0.05)],  # the Frechet distance is reported beside its floor
+    "gan": [("min_class_share", ">=", 0.05)],
+    "cvae": [("min_conditional_accuracy", ">=", 0.90)],
+    "cgan": [
+        ("min_conditional_accuracy", ">=", 0.90)
+    ],  # the Frechet distance is reported beside its floor
     "classifier": [("accuracy", ">=", 0.90)],
 }
 
@@ -223,6 +230,76 @@ def evaluate_vae(
     return out
 
 
+@torch.no_grad()
+def conditional_accuracy(
+    model: ConditionalCode, judge: Classifier, per_class: int, temperature: float = 1.0
+) -> Metrics:
+    """Generate ``per_class`` images of every class; the share the judge puts in that class."""
+    names = list(model.config.class_names)  # type: ignore[attr-defined]
+    if list(judge.config.class_names) != names:
+        raise ValueError(
+            f"the judge's classes {list(judge.config.class_names)} differ from {names}"
+        )
+    g = torch.Generator().manual_seed(0)
+    accuracy = {}
+    for c, name in enumerate(names):
+        labels = torch.full((per_class,), c, dtype=torch.long)
+        codes = model.sample_latent(per_class, g, temperature, labels=labels)
+        predicted = in_batches(judge, in_batches(model.decode, codes)).argmax(1)
+        accuracy[name] = float((predicted == c).float().mean())
+    return {
+        "conditional_accuracy": accuracy,
+        "min_conditional_accuracy": min(accuracy.values()),
+        "mean_conditional_accuracy": sum(accuracy.values()) / len(accuracy),
+        "conditional_samples_per_class": per_class,
+        "conditional_temperature": temperature,
+    }
+
+
+@torch.no_grad()
+def evaluate_cvae(
+    model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
+) -> Metrics:
+    assert isinstance(model, ConditionalVAE)
+    out = reconstruction_metrics(model, data, test)
+    labels = data.test.labels[: len(test)]
+    torch.manual_seed(0)
+    nll_sum = kl_sum = correct = 0.0
+    for i in range(0, len(test), 500):
+        x, y = test[i : i + 500], labels[i : i + 500]
+        nll, kl, _ = model.loss_terms(x, y)
+        nll_sum, kl_sum = nll_sum + float(nll.sum()), kl_sum + float(kl.sum())
+        correct += float((model.encode_parts(x)[2].argmax(1) == y).sum())
+    n = len(test)
+    out.update(
+        neg_elbo_given_class_nats=(nll_sum + kl_sum) / n,
+        kl_nats=kl_sum / n,
+        encoder_class_accuracy=correct / n,
+    )
+    judge = load_judge(args)
+    out.update(conditional_accuracy(model, judge, args.samples // model.num_classes))
+    return out
+
+
+@torch.no_grad()
+def evaluate_cgan(
+    model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
+) -> Metrics:
+    assert isinstance(model, ConditionalGAN)
+    judge = load_judge(args)
+    out = conditional_accuracy(model, judge, args.samples // model.num_classes)
+    g = torch.Generator().manual_seed(0)
+    samples = in_batches(model.decode, model.sample_latent(min(args.samples, 10_000), g))
+    gen_feats = in_batches(judge.features, samples).numpy().astype(np.float64)
+    test_feats = in_batches(judge.features, test).numpy().astype(np.float64)
+    train_feats = in_batches(judge.features, as_float(data.train.images[: len(test)]))
+    out["frechet_distance"] = frechet_distance(gen_feats, test_feats)
+    out["frechet_train_vs_test"] = frechet_distance(
+        train_feats.numpy().astype(np.float64), test_feats
+    )
+    return out
+
+
 def load_judge(args: argparse.Namespace) -> Classifier:
     path = args.classifier or args.model.parent / "classifier-fashion"
     judge = load_model(path)
@@ -301,6 +378,8 @@ EVALUATORS = {
     "sparse-ae": evaluate_sparse,
     "vae": evaluate_vae,
     "gan": evaluate_gan,
+    "cvae": evaluate_cvae,
+    "cgan": evaluate_cgan,
     "classifier": evaluate_classifier,
 }
 
@@ -330,6 +409,8 @@ def print_table(name: str, metrics: Metrics, floors: list[dict[str, Any]]) -> No
             print(f"  {key:<46} {value:>12.4f}")
     for key, value in metrics.get("baselines", {}).items():
         print(f"  {'baseline: ' + key:<46} {value['psnr']:>12.4f}")
+    for key, value in metrics.get("conditional_accuracy", {}).items():
+        print(f"  {'generated as ' + key + ', judged ' + key:<46} {value:>12.4f}")
     for key, value in metrics.get("class_shares", {}).items():
         print(f"  {'class share: ' + key:<46} {value:>12.4f}")
     for f in floors:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import LatentModel
+from models.cgan import ConditionalGAN
+from models.cvae import ConditionalVAE
 from models.denoising import DenoisingAutoencoder, corrupt
 from models.gan import GAN
 from models.sparse import SparseAutoencoder
@@ -235,6 +237,68 @@ class GANRecipe(Recipe):
         return {"critic_real": float(real_score.sum()), "critic_fake": float(fake_score.sum())}
 
 
+class ConditionalVAERecipe(Recipe):
+    """-ELBO(x | y) with the true label fed to the decoder, plus the encoder's class loss."""
+
+    model: ConditionalVAE
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        def losses(m: ConditionalVAE) -> tuple[torch.Tensor, ...]:
+            nll, kl, ce = m.loss_terms(x, y)
+            loss = (nll + m.config.beta * kl + m.config.class_weight * ce).mean()
+            return loss, nll.detach().mean(), kl.detach().mean(), ce.detach().mean()
+
+        loss, nll, kl, ce = self.forward(losses)
+        self._step("model", loss)
+        return {"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "ce": ce.item()}
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        out = super().evaluate_batch(x, y)  # reconstruction through the predicted class
+        nll, kl, _ = self.model.loss_terms(x, y)
+        _, _, class_logits = self.model.encode_parts(x)
+        out.update(
+            neg_elbo=float((nll + kl).sum()),
+            kl=float(kl.sum()),
+            class_accuracy=float((class_logits.argmax(1) == y).sum()),
+        )
+        return out
+
+
+class ConditionalGANRecipe(GANRecipe):
+    """The GAN recipe with labels: fakes are drawn for the real batch's classes."""
+
+    model: ConditionalGAN  # type: ignore[assignment]
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        z = self.model.sample_latent(x.shape[0], generator, labels=y)  # [B, K + classes]
+
+        def critic_loss(m: ConditionalGAN) -> torch.Tensor:
+            with torch.no_grad():
+                fake = m.decode(z)
+            return GAN.critic_loss(m.criticize(x, y), m.criticize(fake, y))
+
+        def generator_loss(m: ConditionalGAN) -> torch.Tensor:
+            return GAN.generator_loss(m.criticize(m.decode(z), y))
+
+        d_loss = self.forward(critic_loss)
+        self._step("critic", d_loss)
+        g_loss = self.forward(generator_loss)
+        self._step("generator", g_loss)
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        g = torch.Generator().manual_seed(0)
+        fake = self.model.decode(self.model.sample_latent(x.shape[0], g, labels=y))
+        real_score, fake_score = self.model.criticize(x, y), self.model.criticize(fake, y)
+        return {"critic_real": float(real_score.sum()), "critic_fake": float(fake_score.sum())}
+
+
 class ClassifierRecipe(Recipe):
     """Cross-entropy with light augmentation: random shifts of up to 2 pixels."""
 
@@ -263,6 +327,8 @@ RECIPES: dict[str, type[Recipe]] = {
     "stacked-ae": StackedRecipe,
     "vae": VAERecipe,
     "gan": GANRecipe,
+    "cvae": ConditionalVAERecipe,
+    "cgan": ConditionalGANRecipe,
     "classifier": ClassifierRecipe,
 }
 

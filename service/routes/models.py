@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..deps import AppState, State, find_model
 from ..imaging import image_to_tensor
-from ..inference import check_latents, new_seed
+from ..inference import check_latents, class_index, new_seed
 from ..parsing import Parsed, parse_request, validate
 from ..registry import LoadedModel
 from ..responses import choose_format, image_reply
@@ -186,6 +186,8 @@ async def interpolation_ends(
         "latents": params.latent_a is not None or params.latent_b is not None,
         "seeds": params.seed_a is not None or params.seed_b is not None,
     }
+    if not given["seeds"] and (params.class_a is not None or params.class_b is not None):
+        raise HTTPException(422, "class_a and class_b apply to seed ends (seed_a, seed_b) only")
     if sum(given.values()) != 1:
         raise HTTPException(
             422,
@@ -212,8 +214,10 @@ async def interpolation_ends(
     if params.seed_a is None or params.seed_b is None:
         raise HTTPException(422, "give both seed_a and seed_b")
     ops = state.operations
-    za = ops.prior_latents(lm, 1, params.seed_a, params.temperature)[0]
-    zb = ops.prior_latents(lm, 1, params.seed_b, params.temperature)[0]
+    class_a = class_index(lm, params.class_a, "class_a")
+    class_b = class_index(lm, params.class_b, "class_b")
+    za = ops.prior_latents(lm, 1, params.seed_a, params.temperature, class_a)[0]
+    zb = ops.prior_latents(lm, 1, params.seed_b, params.temperature, class_b)[0]
     return za, zb
 
 
@@ -285,21 +289,21 @@ async def arithmetic_terms(
 async def generate(
     name: Annotated[str, Path(examples=["gan-fashion"])], request: Request, state: State
 ) -> Response:
-    """Draw `n` images from the prior; the same `seed` gives the same images on any replica."""
+    """Draw `n` images from the prior; the same `seed` gives the same images on any replica.
+    Class-conditional models (cvae, cgan) take `class` by name or index."""
     started = time.perf_counter()
     lm = find_model(state, name, "generate")
     fmt = choose_format(request, IMAGE_FORMATS)
     params = validate(GenerateParams, (await parse_request(request)).params)
     if params.n > state.settings.max_n:
         raise HTTPException(422, f"n: at most {state.settings.max_n}, got {params.n}")
+    label = class_index(lm, params.class_, "class")
     seed = params.seed if params.seed is not None else new_seed()
-    images = await state.operations.generate(lm, params.n, seed, params.temperature)
-    meta = {
-        "model": name,
-        "seed": seed,
-        "temperature": params.temperature,
-        "timing_ms": ms(started),
-    }
+    images = await state.operations.generate(lm, params.n, seed, params.temperature, label)
+    meta: dict[str, Any] = {"model": name, "seed": seed, "temperature": params.temperature}
+    if label is not None:
+        meta["class"] = lm.class_names[label]
+    meta["timing_ms"] = ms(started)
     return image_reply(
         fmt, {"images": images}, meta, state.settings.png_compress_level, single=False
     )

@@ -1,0 +1,75 @@
+"""Class-conditional GAN with a projection discriminator.
+
+Mirza & Osindero, "Conditional Generative Adversarial Nets", arXiv:1411.1784 (2014): both
+players see the class. Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018:
+the critic scores D(x, y) = psi(phi(x)) + <embed(y), phi(x)>, an inner product between a
+class embedding and the image features, which conditions far more strongly than
+concatenating labels to the input. Spectral norm and the hinge loss as in ``gan.py``.
+
+The generator is ``gan.py``'s, fed the code [z, one_hot(y)] (conditioning.py); a soft
+class vector (an interpolation between classes, or an inverted code) works the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from .base import LatentModel, check_images, check_latents, register
+from .blocks import stage_plan
+from .conditioning import ConditionalCode, check_class_names
+from .gan import GAN, Critic, GANConfig, Generator
+
+
+@dataclasses.dataclass
+class CGANConfig(GANConfig):
+    class_names: tuple[str, ...] = ("0", "1")  # one name per class, in label order
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.class_names = check_class_names(self.class_names)
+
+
+class ProjectionCritic(nn.Module):
+    """(image [B, C, H, W] in [-1, 1], labels [B]) -> score [B]."""
+
+    def __init__(self, channels: int, side: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = Critic(channels, side, width)  # phi = body.features, psi = body.score
+        stages, small = stage_plan(side)
+        features = width * 2**stages * small * small  # F: the critic's flattened features
+        self.embed = spectral_norm(nn.Embedding(num_classes, features))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.body.features(x).flatten(1)  # [B, F]
+        return self.body.score(h).squeeze(1) + (self.embed(labels) * h).sum(1)
+
+
+@register
+class ConditionalGAN(ConditionalCode, GAN):
+    family = "cgan"
+    config_class = CGANConfig
+    operations = frozenset({"decode", "sample", "invert"})
+    config: CGANConfig
+
+    def __init__(self, config: CGANConfig) -> None:
+        LatentModel.__init__(self, config)  # not GAN.__init__: both players take the class
+        c, side, _ = config.image_shape
+        n = len(config.class_names)
+        self.generator = Generator(config.latent_dim + n, c, side, config.width)
+        self.critic = ProjectionCritic(c, side, config.width, n)  # type: ignore[assignment]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """code [B, K + num_classes] -> x [B, C, H, W] in [0, 1]."""
+        check_latents(self, z)
+        return (self.generator(z) + 1) / 2
+
+    def criticize(  # type: ignore[override]
+        self, x: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """(x [B, C, H, W] in [0, 1], labels [B]) -> critic score [B]."""
+        check_images(self, x)
+        return self.critic(x * 2 - 1, labels)
