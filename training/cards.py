@@ -47,7 +47,7 @@ def row(folder: Path) -> str | None:
     t = card["training"]
     size_mb = (folder / "model.safetensors").stat().st_size / 1e6
     return (f"| `{card['name']}` | {card['family']} | {card['latent_dim']} | {card['parameters']:,} ({size_mb:.1f} MB) | "
-            f"{t['epochs']} | {t['wall_time_s'] / 60:.1f} min | {headline} | {verdict} |")  # fmt: skip
+            f"{t.get('total_epochs', t['epochs'])} | {t.get('total_wall_time_s', t['wall_time_s']) / 60:.1f} min | {headline} | {verdict} |")  # fmt: skip
 
 
 def table(weights: Path) -> str:

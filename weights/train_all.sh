@@ -13,10 +13,15 @@ declare -A RECIPE=(
   [dae-fashion]="--family dae --latent-dim 784 --spatial-code --epochs 32 --batch-size 64 --lr 3e-3"
   [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"
   [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64"
+  [cvae-fashion]="--family cvae --latent-dim 16 --epochs 12 --batch-size 64 --lr 2e-3"
   [stacked-ae-fashion]="--family stacked-ae --latent-dim 16 --hidden-sizes 1024,256 --no-tied-weights --pretrain-epochs 2 --epochs 40 --batch-size 64 --lr 1e-3"
   [sparse-ae-fashion]="--family sparse-ae --latent-dim 32 --sparsity-target 0.1 --sparsity-weight 2 --epochs 30 --batch-size 64 --lr 3e-3"
 )
-ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion stacked-ae-fashion sparse-ae-fashion)
+# Further stages, each fine-tuning the previous stage's weights (--init-from), separated by |.
+declare -A STAGES=(
+  [dae-fashion]="--epochs 16 --lr 1e-3 --seed 1|--noise-probs 0.6,0.2,0.2 --epochs 14 --lr 5e-4 --seed 2"
+)
+ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion stacked-ae-fashion sparse-ae-fashion)
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
 
@@ -26,6 +31,21 @@ for name in "${names[@]}"; do
   # shellcheck disable=SC2086
   $PY -m training train ${RECIPE[$name]} --dataset fashion-mnist --seed 0 \
       --out "weights/$name" --overwrite --checkpoint-dir "runs/$name" 2>&1 | tee "runs/logs/$name.log"
+  if [ -n "${STAGES[$name]:-}" ]; then
+    family=$(sed -E 's/.*--family ([^ ]+).*/\1/' <<<"${RECIPE[$name]}")
+    stage=1
+    IFS='|' read -ra steps <<<"${STAGES[$name]}"
+    for args in "${steps[@]}"; do
+      stage=$((stage + 1))
+      rm -rf "runs/$name-stage$((stage - 1))"
+      mv "weights/$name" "runs/$name-stage$((stage - 1))"
+      echo "== training $name, stage $stage"
+      # shellcheck disable=SC2086
+      $PY -m training train --family "$family" --init-from "runs/$name-stage$((stage - 1))" $args \
+          --batch-size 64 --dataset fashion-mnist --out "weights/$name" --overwrite \
+          --checkpoint-dir "runs/$name-stage$stage-ckpt" 2>&1 | tee "runs/logs/$name.stage$stage.log"
+    done
+  fi
 done
 if [ "${SKIP_EVALUATE:-0}" != 1 ]; then
   for name in "${names[@]}"; do
