@@ -97,7 +97,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=40,
+        help="seconds before memory is first read (every batch shape seen)",
+    )
     parser.add_argument(
         "--weights", type=Path, help="weights folder (default: the shipped weights)"
     )
