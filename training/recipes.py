@@ -208,18 +208,26 @@ class GANRecipe(Recipe):
         self.forward = LossForward(model)
         self.shard = (0, 1)
 
+    def latents(self, n: int, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Codes for a batch of fakes: [n, latent_dim]."""
+        return self.model.sample_latent(n, generator)
+
+    def score(self, m: GAN, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The critic's score of images [B, C, H, W] whose classes are y: [B]."""
+        return m.criticize(images)
+
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
-        z = self.model.sample_latent(x.shape[0], generator)
+        z = self.latents(x.shape[0], y, generator)
 
         def critic_loss(m: GAN) -> torch.Tensor:
             with torch.no_grad():
                 fake = m.decode(z)
-            return GAN.critic_loss(m.criticize(x), m.criticize(fake))
+            return GAN.critic_loss(self.score(m, x, y), self.score(m, fake, y))
 
         def generator_loss(m: GAN) -> torch.Tensor:
-            return GAN.generator_loss(m.criticize(m.decode(z)))
+            return GAN.generator_loss(self.score(m, m.decode(z), y))
 
         # Two forwards of the generator rather than one reused graph: each loss is computed
         # entirely inside one forward call, which is what DDP needs to average its gradients.
@@ -231,9 +239,8 @@ class GANRecipe(Recipe):
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        g = torch.Generator().manual_seed(0)
-        fake = self.model.decode(self.model.sample_latent(x.shape[0], g))
-        real_score, fake_score = self.model.criticize(x), self.model.criticize(fake)
+        fake = self.model.decode(self.latents(x.shape[0], y, torch.Generator().manual_seed(0)))
+        real_score, fake_score = self.score(self.model, x, y), self.score(self.model, fake, y)
         return {"critic_real": float(real_score.sum()), "critic_fake": float(fake_score.sum())}
 
 
@@ -268,35 +275,17 @@ class ConditionalVAERecipe(Recipe):
 
 
 class ConditionalGANRecipe(GANRecipe):
-    """The GAN recipe with labels: fakes are drawn for the real batch's classes."""
+    """The GAN recipe with labels: fakes are drawn for the real batch's classes, and the
+    projection critic scores each image against its class."""
 
     model: ConditionalGAN  # type: ignore[assignment]
 
-    def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-    ) -> dict[str, float]:
-        z = self.model.sample_latent(x.shape[0], generator, labels=y)  # [B, K + classes]
+    def latents(self, n: int, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.sample_latent(n, generator, labels=y)  # [n, K + classes]
 
-        def critic_loss(m: ConditionalGAN) -> torch.Tensor:
-            with torch.no_grad():
-                fake = m.decode(z)
-            return GAN.critic_loss(m.criticize(x, y), m.criticize(fake, y))
-
-        def generator_loss(m: ConditionalGAN) -> torch.Tensor:
-            return GAN.generator_loss(m.criticize(m.decode(z), y))
-
-        d_loss = self.forward(critic_loss)
-        self._step("critic", d_loss)
-        g_loss = self.forward(generator_loss)
-        self._step("generator", g_loss)
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
-
-    @torch.no_grad()
-    def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        g = torch.Generator().manual_seed(0)
-        fake = self.model.decode(self.model.sample_latent(x.shape[0], g, labels=y))
-        real_score, fake_score = self.model.criticize(x, y), self.model.criticize(fake, y)
-        return {"critic_real": float(real_score.sum()), "critic_fake": float(fake_score.sum())}
+    def score(self, m: GAN, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert isinstance(m, ConditionalGAN)
+        return m.criticize(images, y)
 
 
 class ClassifierRecipe(Recipe):
