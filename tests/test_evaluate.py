@@ -27,19 +27,21 @@ SMALL = ["--limit", "30", "--samples", "60", "--inversion-images", "3", "--iw-sa
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("weights")
-    for family in ("classifier", "ae", "dae", "sparse-ae", "vae", "gan"):
+    for family in ("classifier", "ae", "dae", "sparse-ae", "vae", "gan", "cvae", "cgan"):
         name = "classifier-fashion" if family == "classifier" else family
         assert main(["train", "--family", family, "--dry-run", "--width", "4", "--out", str(root / name),
                      "--checkpoint-dir", str(root / f"ck-{family}"), "--threads", "1"]) == 0  # fmt: skip
     return root
 
 
-@pytest.mark.parametrize("family", ["ae", "dae", "sparse-ae", "vae", "gan", "classifier-fashion"])
+@pytest.mark.parametrize(
+    "family", ["ae", "dae", "sparse-ae", "vae", "gan", "cvae", "cgan", "classifier-fashion"]
+)
 def test_evaluate_writes_metrics_into_the_card(artifacts: Path, family: str) -> None:
     assert main(["evaluate", "--model", str(artifacts / family), *SMALL]) == 0
     card = json.loads((artifacts / family / "card.json").read_text())
     metrics = card["metrics"]
-    assert metrics["test_images"] == 30 or family == "gan"
+    assert metrics["test_images"] == 30 or family in ("gan", "cgan")
     if family in ("ae", "dae", "sparse-ae", "vae"):
         assert 0 < metrics["psnr"] < 60 and 0 < metrics["pca_psnr"] < 60
     if family == "dae":
@@ -52,6 +54,11 @@ def test_evaluate_writes_metrics_into_the_card(artifacts: Path, family: str) -> 
     if family == "gan":
         assert sum(metrics["class_shares"].values()) == pytest.approx(1.0)
         assert metrics["frechet_distance"] >= 0
+    if family in ("cvae", "cgan"):  # judged per class by the classifier (same class names)
+        per_class = metrics["conditional_accuracy"]
+        assert len(per_class) == 4 and all(0 <= v <= 1 for v in per_class.values())
+        assert metrics["min_conditional_accuracy"] == min(per_class.values())
+        assert metrics["conditional_samples_per_class"] == 15
     if family == "classifier-fashion":
         assert 0 <= metrics["accuracy"] <= 1
     assert card["quality_floors"] == []  # floors apply to Fashion-MNIST models only
