@@ -5,10 +5,13 @@ Generative Models", NeurIPS 2015; Kingma et al., "Semi-Supervised Learning with 
 Generative Models", NeurIPS 2014 (the M2 model, whose encoder also predicts the class).
 
 - p(x | z, y): the VAE's Bernoulli decoder, fed the code [z, one_hot(y)] (conditioning.py).
-- q(z | x) and q(y | x): one conv encoder gives the posterior mean and log-variance of z and
-  class logits. At training time the decoder gets the true label, so z need not carry the
-  class; the class head (cross-entropy, weight ``class_weight``) lets ``encode`` return a
-  complete code for an image whose label nobody gives: [mu, softmax(class logits)].
+- q(z | x, y) and q(y | x): a conv encoder gives features h [B, 2K] and class logits; the
+  posterior's mean and log-variance are a linear map of [h, one_hot(y)]. Conditioning the
+  posterior on y is what lets z drop the class (an encoder that sees only x keeps the class in
+  z, and samples then ignore the requested class). At training time both halves get the true
+  label; the class head (cross-entropy, weight ``class_weight``) lets ``encode`` handle an
+  image whose label nobody gives: y is replaced by softmax(class logits), and the code is
+  [mu(x, y_hat), y_hat].
 - Loss per image: -ELBO(x | y) + class_weight * CE(y, q(y | x)),
   -ELBO(x | y) = BCE(x, decoder(z, y)) + beta * KL(q(z | x) || N(0, I)).
 """
@@ -19,6 +22,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .base import LatentModel, check_images, check_latents, check_range, register
 from .blocks import ConvDecoder, ConvEncoder
@@ -48,23 +52,34 @@ class ConditionalVAE(ConditionalCode, VAE):
         LatentModel.__init__(self, config)  # not Autoencoder.__init__: the halves differ
         c, side, _ = config.image_shape
         k = config.latent_dim
-        self.encoder = ConvEncoder(c, side, config.width, 2 * k + len(config.class_names))
-        self.decoder = ConvDecoder(k + len(config.class_names), c, side, config.width)
+        n = len(config.class_names)
+        self.encoder = ConvEncoder(c, side, config.width, 2 * k + n)  # h [B, 2K], logits [B, n]
+        self.posterior = nn.Linear(2 * k + n, 2 * k)  # [h, y] -> [mu, log_var]
+        self.decoder = ConvDecoder(k + n, c, side, config.width)
 
-    def encode_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, C, H, W] -> (mu [B, K], log_var [B, K], class logits [B, num_classes])."""
+    def encode_parts(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, C, H, W] (and labels [B], else the predicted class) ->
+        (mu [B, K], log_var [B, K], class logits [B, num_classes])."""
         check_images(self, x)
         k = self.noise_dim
-        h = self.encoder(x)
-        return h[:, :k], h[:, k : 2 * k].clamp(-30.0, 20.0), h[:, 2 * k :]
+        out = self.encoder(x)
+        h, logits = out[:, : 2 * k], out[:, 2 * k :]
+        if labels is None:
+            y = torch.softmax(logits, dim=1)
+        else:
+            y = F.one_hot(labels, self.num_classes).to(h.dtype)
+        stats = self.posterior(torch.cat([h, y], dim=1))
+        return stats[:, :k], stats[:, k:].clamp(-30.0, 20.0), logits
 
     def encode_distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (mu, log_var) of q(z|x), each [B, K] (the noise part of the code)."""
+        """x -> (mu, log_var) of q(z | x, predicted class), each [B, K]."""
         mu, log_var, _ = self.encode_parts(x)
         return mu, log_var
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, C, H, W] -> code [B, K + num_classes]: [mu, softmax(class logits)]."""
+        """x [B, C, H, W] -> code [B, K + num_classes]: [mu(x, y_hat), y_hat = softmax(logits)]."""
         mu, _, logits = self.encode_parts(x)
         return torch.cat([mu, torch.softmax(logits, dim=1)], dim=1)
 
@@ -78,7 +93,7 @@ class ConditionalVAE(ConditionalCode, VAE):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: x [B, C, H, W], labels [B] ->
         (image logits [B, C, H, W], mu [B, K], log_var [B, K], class logits [B, num_classes])."""
-        mu, log_var, class_logits = self.encode_parts(x)
+        mu, log_var, class_logits = self.encode_parts(x, labels)
         z = self.reparameterize(mu, log_var)
         return self.decode_logits(self.join(z, labels)), mu, log_var, class_logits
 
