@@ -56,7 +56,7 @@ def class_index(lm: LoadedModel, value: int | str | None, field: str) -> int | N
             400, f"{field}: model {lm.name!r} is not class-conditional; leave {field} out"
         )
     names = lm.class_names
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     if isinstance(value, int):
         if not 0 <= value < len(names):

@@ -680,6 +680,7 @@ def test_interpolate_between_classes(client: TestClient) -> None:
         ("cgan-t", {"class": "sneaker"}, 422, "class: 'sneaker' is not a class of cgan-t; choose one of: boot, sandal, bag"),
         ("cgan-t", {"class": 3}, 422, "class: index 3 is out of range; cgan-t has classes 0..2"),
         ("cgan-t", {"class": -1}, 422, "class: index -1 is out of range"),
+        ("cgan-t", {"class": "²"}, 422, "class: '²' is not a class of cgan-t"),
         ("gan-t", {"class": "boot"}, 400, "class: model 'gan-t' is not class-conditional"),
         ("cvae-t", {"class": [1]}, 422, "class"),
     ],
