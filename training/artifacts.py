@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from models import LatentModel, corrupt, save_model
+from models.conditioning import ConditionalCode
 from models.imaging import make_grid
 
 from .data import Dataset
@@ -50,6 +51,10 @@ def picture(model: LatentModel, dataset: Dataset) -> torch.Tensor:
             pad = torch.ones(10 - len(chosen), *images.shape[1:])
             rows.append(torch.cat([chosen, pad]))
         return torch.cat(rows)
+    if isinstance(model, ConditionalCode):  # one row per class, 8 samples each
+        k = model.num_classes
+        labels = torch.arange(k).repeat_interleave(8)
+        return model.decode(model.sample_latent(8 * k, g, labels=labels))
     if "sample" in model.operations:
         return model.sample(64, generator=g)
     if model.family == "dae":

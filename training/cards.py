@@ -19,6 +19,12 @@ HEADLINE = {
     "gan": lambda m: (f"smallest class share {m['min_class_share']:.1%} of {m['samples']}; Frechet distance "
                       f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f}); inversion PSNR "
                       f"{m['inversion_psnr']:.2f} dB at {m['inversion_seconds_per_image']:.2f} s/image"),
+    "cvae": lambda m: (f"judged as the requested class: {m['mean_conditional_accuracy']:.1%} on average, "
+                       f"{m['min_conditional_accuracy']:.1%} for the worst class; -ELBO given the class "
+                       f"{m['neg_elbo_given_class_nats']:.1f} nats, PSNR {m['psnr']:.2f} dB"),
+    "cgan": lambda m: (f"judged as the requested class: {m['mean_conditional_accuracy']:.1%} on average, "
+                       f"{m['min_conditional_accuracy']:.1%} for the worst class; Frechet distance "
+                       f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f})"),
     "classifier": lambda m: f"test accuracy {m['accuracy']:.2%}",
 }  # fmt: skip
 
