@@ -218,6 +218,10 @@ def call_operation(base: str, name: str, op: str, info: dict) -> httpx.Response:
         return httpx.post(url, json={"latent": [0.0] * info["latent_dim"]}, timeout=30)
     if op == "generate":
         return httpx.post(url, json={"n": 4, "seed": 1}, timeout=30)
+    if op == "arithmetic":
+        terms = {f"latent_{t}": [0.1 * i] * info["latent_dim"] for i, t in enumerate("abc")}
+        return httpx.post(url, json=terms, timeout=30)
+    assert op == "interpolate", op
     if "generate" in info["operations"]:
         return httpx.post(url, json={"seed_a": 1, "seed_b": 2, "steps": 4}, timeout=30)
     return httpx.post(
