@@ -15,13 +15,18 @@ import httpx
 from .factories import write_tiny
 from .test_deploy import ROOT, free_port, wait_ready
 
+# Generous: the 8 requests below take about 18 s on a slow 2-core host, and a request still
+# running when the grace period ends is cancelled (that would be the server's fault only if
+# the period had been respected, which the exit-time assertion checks).
+GRACE_S = 60
+
 
 def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
     # a model slow enough that requests are still running when the signal arrives
     write_tiny(tmp_path / "slow", "gan", image_shape=(3, 128, 128), width=32)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
-           "LATENTSERVE_WEIGHTS_DIR": str(tmp_path), "LATENTSERVE_GRACEFUL_TIMEOUT_S": "20",
+           "LATENTSERVE_WEIGHTS_DIR": str(tmp_path), "LATENTSERVE_GRACEFUL_TIMEOUT_S": str(GRACE_S),
            "LATENTSERVE_MAX_BATCH_SIZE": "8"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -46,7 +51,7 @@ def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
             raise AssertionError(f"{results}\n{proc.communicate(timeout=10)[0][-1500:]}")
         assert max(done for _, done in results) > started, "nothing was in flight at SIGTERM"
         proc.wait(timeout=30)
-        assert time.monotonic() - started < 25
+        assert time.monotonic() - started < GRACE_S + 5
         try:
             httpx.get(f"{base}/health/live", timeout=1)
             raise AssertionError("the server still accepts connections after SIGTERM")
