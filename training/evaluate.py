@@ -52,11 +52,10 @@ FLOORS: dict[str, list[tuple[str, str, float | str]]] = {
     "stacked-ae": [("psnr", ">=", "pca_psnr+3")],
     "sparse-ae": [("psnr", ">=", "pca_psnr+3"), ("mean_activation_rel_error", "<=", 0.2)],
     "vae": [("psnr", ">=", 20.0)],
+    # the GANs' Frechet distance is reported beside its floor, the train-vs-test distance
     "gan": [("min_class_share", ">=", 0.05)],
     "cvae": [("min_conditional_accuracy", ">=", 0.90)],
-    "cgan": [
-        ("min_conditional_accuracy", ">=", 0.90)
-    ],  # the Frechet distance is reported beside its floor
+    "cgan": [("min_conditional_accuracy", ">=", 0.90)],
     "classifier": [("accuracy", ">=", 0.90)],
 }
 
@@ -290,14 +289,26 @@ def evaluate_cgan(
     out = conditional_accuracy(model, judge, args.samples // model.num_classes)
     g = torch.Generator().manual_seed(0)
     samples = in_batches(model.decode, model.sample_latent(min(args.samples, 10_000), g))
-    gen_feats = in_batches(judge.features, samples).numpy().astype(np.float64)
-    test_feats = in_batches(judge.features, test).numpy().astype(np.float64)
-    train_feats = in_batches(judge.features, as_float(data.train.images[: len(test)]))
-    out["frechet_distance"] = frechet_distance(gen_feats, test_feats)
-    out["frechet_train_vs_test"] = frechet_distance(
-        train_feats.numpy().astype(np.float64), test_feats
-    )
+    out.update(frechet_metrics(judge, samples, data, test))
     return out
+
+
+@torch.no_grad()
+def frechet_metrics(
+    judge: Classifier, samples: torch.Tensor, data: Dataset, test: torch.Tensor
+) -> Metrics:
+    """Frechet distance of samples to the test images on the judge's features, and its floor:
+    the distance between as many training images and the test images."""
+
+    def features(x: torch.Tensor) -> np.ndarray:
+        return in_batches(judge.features, x).numpy().astype(np.float64)
+
+    test_feats = features(test)
+    train_feats = features(as_float(data.train.images[: len(test)]))
+    return {
+        "frechet_distance": frechet_distance(features(samples), test_feats),
+        "frechet_train_vs_test": frechet_distance(train_feats, test_feats),
+    }
 
 
 def load_judge(args: argparse.Namespace) -> Classifier:
@@ -319,11 +330,6 @@ def evaluate_gan(
     )
     predicted = in_batches(judge, samples).argmax(1)
     shares = torch.bincount(predicted, minlength=len(data.class_names)).float() / len(samples)
-    gen_feats = in_batches(judge.features, samples).numpy().astype(np.float64)
-    test_feats = in_batches(judge.features, test).numpy().astype(np.float64)
-    train = as_float(data.train.images[: len(test)])
-    train_feats = in_batches(judge.features, train).numpy().astype(np.float64)
-    fd_floor = frechet_distance(train_feats, test_feats)
     assert isinstance(model, GAN)
     inverted = test[: args.inversion_images]
     started = time.perf_counter()
@@ -342,8 +348,7 @@ def evaluate_gan(
         "samples": len(samples),
         "class_shares": {name: float(s) for name, s in zip(data.class_names, shares, strict=True)},
         "min_class_share": float(shares.min()),
-        "frechet_distance": frechet_distance(gen_feats, test_feats),
-        "frechet_train_vs_test": fd_floor,
+        **frechet_metrics(judge, samples, data, test),
         "judge": str(args.classifier or "classifier-fashion"),
     }
 
