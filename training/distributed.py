@@ -55,6 +55,11 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, processes): which slice of each global batch this process trains on."""
+        return self.rank, self.size
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()

@@ -26,7 +26,7 @@ from models.stacked import StackedAutoencoder
 from models.vae import VAE
 
 from .data import Split, batches
-from .distributed import LossForward
+from .distributed import LossForward, World
 
 
 def psnr_sum(x_hat: torch.Tensor, x: torch.Tensor) -> float:
@@ -41,11 +41,14 @@ class Recipe:
     def __init__(self, model: LatentModel, args: argparse.Namespace) -> None:
         self.model = model
         self.args = args
-        self.optimizers = {"model": torch.optim.Adam(model.parameters(), lr=args.lr)}
+        self.optimizers = self.build_optimizers()
         # Every training loss is computed through this: fn(model, *args). The trainer swaps
         # in a DistributedDataParallel wrapper under torchrun (see distributed.py).
         self.forward: Callable[..., Any] = LossForward(model)
-        self.shard = (0, 1)  # (rank, processes): this process's slice of each global batch
+        self.world = World()  # this process's place under torchrun; the trainer sets it
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.Adam(self.model.parameters(), lr=self.args.lr)}
 
     def reconstruction_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Mean over the batch of the per-image loss (MSE directly targets PSNR)."""
@@ -132,11 +135,11 @@ class StackedRecipe(Recipe):
             opt = torch.optim.Adam(params, lr=self.args.lr)
             for epoch in range(self.args.pretrain_epochs):
                 bar = tqdm(
-                    batches(split, self.args.batch_size, generator, True, self.shard),
+                    batches(split, self.args.batch_size, generator, True, self.world.shard),
                     total=len(split) // self.args.batch_size,
                     desc=f"pretrain layer {k + 1}/{self.model.depth} epoch {epoch + 1}",
                     leave=False,
-                    disable=self.shard[0] != 0,
+                    disable=not self.world.is_main,
                 )
                 for step, (x, _) in enumerate(bar):
                     bar.set_postfix(loss=f"{self.pretrain_step(k, x, opt):.4f}")
@@ -193,20 +196,16 @@ class GANRecipe(Recipe):
 
     model: GAN
 
-    def __init__(self, model: LatentModel, args: argparse.Namespace) -> None:
-        self.model = model  # type: ignore[assignment]
-        self.args = args
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = (0.0, 0.9)
-        self.optimizers = {
+        return {
             "generator": torch.optim.Adam(
-                self.model.generator.parameters(), lr=args.lr, betas=betas
+                self.model.generator.parameters(), lr=self.args.lr, betas=betas
             ),
             "critic": torch.optim.Adam(
-                self.model.critic.parameters(), lr=args.lr_critic, betas=betas
+                self.model.critic.parameters(), lr=self.args.lr_critic, betas=betas
             ),
         }
-        self.forward = LossForward(model)
-        self.shard = (0, 1)
 
     def latents(self, n: int, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Codes for a batch of fakes: [n, latent_dim]."""

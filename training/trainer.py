@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace, world: World) -> Path:
     else:
         model = build_model(args.family, model_config(args, dataset))
     recipe = RECIPES[args.family](model, args)
-    recipe.shard = (world.rank, world.size)
+    recipe.world = world
     for opt in recipe.optimizers.values():
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]
@@ -138,7 +138,7 @@ def _train(args: argparse.Namespace, world: World) -> Path:
         steps = min(steps, args.steps_per_epoch)
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
-        train_stats = run_epoch(recipe, dataset.train, args, epoch, steps, world)
+        train_stats = run_epoch(recipe, dataset.train, args, epoch, steps)
         if world.is_main:
             val = evaluate_split(recipe, dataset.val)
             seconds = time.perf_counter() - started
@@ -161,9 +161,9 @@ def _train(args: argparse.Namespace, world: World) -> Path:
     model.eval()
     out = args.out
     gap = world.check_in_sync(model)
-    if world.is_main and world.size > 1:
-        tqdm.write(f"ddp: the {world.size} replicas agree (max parameter difference {gap:.2g})")
     if world.is_main:
+        if world.size > 1:
+            tqdm.write(f"ddp: the {world.size} replicas agree (max parameter difference {gap:.2g})")
         card = model_card(args, model, dataset, history, elapsed, steps, world)
         out = write_artifact(args.out, model, dataset, history, card, args.overwrite)
         tqdm.write(f"wrote {out} ({elapsed:.0f}s of training)")
@@ -177,11 +177,10 @@ def run_epoch(
     args: argparse.Namespace,
     epoch: int,
     steps: int,
-    world: World | None = None,
 ) -> dict[str, float]:
     """One pass over the training split; returns the mean of each number the recipe reports
     (rank 0's, under torchrun)."""
-    world = world or World()
+    world = recipe.world
     recipe.model.train()
     generator = torch.Generator().manual_seed(args.seed * 10_000 + epoch)  # resumable order
     # Rank 0 draws its noise (corruption, latents) from the data-order generator, as one
@@ -191,7 +190,7 @@ def run_epoch(
         noise = torch.Generator().manual_seed((args.seed * 10_000 + epoch) * 1_000 + world.rank)
     totals: dict[str, float] = {}
     bar = tqdm(
-        batches(split, args.batch_size, generator, drop_last=True, shard=recipe.shard),
+        batches(split, args.batch_size, generator, drop_last=True, shard=world.shard),
         total=steps,
         desc=f"epoch {epoch + 1}/{args.epochs}",
         leave=False,
