@@ -140,6 +140,10 @@ class LatentModel(nn.Module):
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         return z * temperature
 
+    def initial_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Starting codes for a search over the code space (GAN inversion): z ~ N(0, I)."""
+        return torch.randn(n, self.latent_dim, generator=generator)
+
     def sample(
         self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> torch.Tensor:

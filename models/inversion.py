@@ -36,12 +36,7 @@ def invert(
     b, k = x.shape[0], gan.latent_dim
     with torch.inference_mode(False), torch.enable_grad():
         target = x.detach().clone().repeat_interleave(restarts, 0)  # [B * R, C, H, W]
-        start = getattr(gan, "initial_latents", None)  # conditional GANs: a neutral class part
-        z = (
-            start(b * restarts, generator)
-            if start
-            else torch.randn(b * restarts, k, generator=generator)
-        )
+        z = gan.initial_latents(b * restarts, generator)  # conditional: neutral class part
         z.requires_grad_(True)  # [B * R, K]
         opt = torch.optim.Adam([z], lr=lr)
         for _ in range(steps):
