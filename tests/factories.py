@@ -17,7 +17,12 @@ TINY: dict[str, dict[str, Any]] = {
     "vae": {"latent_dim": 3, "width": 4},
     "gan": {"latent_dim": 5, "width": 4},
     "cvae": {"latent_dim": 3, "width": 4, "class_names": ["boot", "sandal", "bag"]},
-    "cgan": {"latent_dim": 5, "width": 4, "class_names": ["boot", "sandal", "bag"]},
+    "cgan": {
+        "latent_dim": 5,
+        "width": 4,
+        "class_names": ["boot", "sandal", "bag"],
+        "aux_class_weight": 1.0,  # the AC-GAN head, as cgan-fashion ships
+    },
     "classifier": {"latent_dim": 8, "width": 4, "class_names": ["a", "b", "c"]},
 }
 

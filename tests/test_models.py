@@ -29,7 +29,9 @@ def test_forward_backward_every_family_and_shape(family: str, shape: tuple[int, 
         loss = model.criticize(out).mean() + model.criticize(x).mean()
     elif family == "cgan":
         out = model.decode(model.sample_latent(3, labels=labels))
-        loss = model.criticize(out, labels).mean() + model.criticize(x, labels).mean()
+        score, logits = model.criticize_and_classify(x, labels)
+        loss = model.criticize(out, labels).mean() + score.mean()
+        loss = loss + model.aux_class_loss(logits, labels)  # the AC-GAN head
     elif family == "cvae":
         nll, kl, ce = model.loss_terms(x, labels)
         out = model(x, labels)[0]
@@ -266,3 +268,29 @@ def test_cvae_decoder_depends_on_the_class() -> None:
     a = model.decode(model.join(z, torch.tensor([0])))
     b = model.decode(model.join(z, torch.tensor([2])))
     assert (a - b).abs().max() > 1e-4
+
+
+def test_acgan_head_classifies_and_its_loss_is_weighted_cross_entropy() -> None:
+    """Odena et al. 2017: with aux_class_weight > 0 the projection critic also predicts the
+    class from the same features, and aux_class_loss is weight * cross-entropy."""
+    plain = tiny_model("cgan", aux_class_weight=0)
+    assert plain.critic.classify is None
+    x, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 1])
+    score, logits = plain.criticize_and_classify(x, labels)
+    assert score.shape == (4,) and logits is None
+    assert float(plain.aux_class_loss(logits, labels)) == 0.0
+
+    model = tiny_model("cgan", aux_class_weight=0.5)
+    score, logits = model.criticize_and_classify(x, labels)
+    assert score.shape == (4,) and logits is not None and logits.shape == (4, 3)
+    assert torch.equal(score, model.criticize(x, labels))  # one pass gives both
+    expected = 0.5 * torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(model.aux_class_loss(logits, labels), expected)
+    model.aux_class_loss(logits, labels).backward()
+    assert model.critic.classify.weight.grad is not None
+    assert model.critic.body.score.parametrizations.weight.original.grad is None  # head only
+
+
+def test_acgan_weight_out_of_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match="aux_class_weight must be in \\[0, 100\\], got -1"):
+        tiny_model("cgan", aux_class_weight=-1)

@@ -47,6 +47,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     value = _number(text, float)
     if not 0 <= value <= 1:
@@ -223,6 +230,11 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=positive_float, help="vae, cvae: weight of the KL term")
     g.add_argument(
         "--class-weight", type=positive_float, help="cvae: weight of the encoder's class loss"
+    )
+    g.add_argument(
+        "--aux-class-weight",
+        type=non_negative_float,
+        help="cgan: weight of the AC-GAN auxiliary class loss (default 0: projection only)",
     )
     g.add_argument(
         "--lr-critic", type=positive_float, default=4e-4, help="gan: critic learning rate"

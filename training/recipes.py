@@ -215,26 +215,38 @@ class GANRecipe(Recipe):
         """The critic's score of images [B, C, H, W] whose classes are y: [B]."""
         return m.criticize(images)
 
+    def critic_objective(
+        self, m: GAN, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The critic's loss ("d_loss") and any terms to show beside it."""
+        return {"d_loss": GAN.critic_loss(self.score(m, real, y), self.score(m, fake, y))}
+
+    def generator_objective(
+        self, m: GAN, fake: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The generator's loss ("g_loss") and any terms to show beside it."""
+        return {"g_loss": GAN.generator_loss(self.score(m, fake, y))}
+
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
         z = self.latents(x.shape[0], y, generator)
 
-        def critic_loss(m: GAN) -> torch.Tensor:
+        def critic_terms(m: GAN) -> dict[str, torch.Tensor]:
             with torch.no_grad():
                 fake = m.decode(z)
-            return GAN.critic_loss(self.score(m, x, y), self.score(m, fake, y))
+            return self.critic_objective(m, x, fake, y)
 
-        def generator_loss(m: GAN) -> torch.Tensor:
-            return GAN.generator_loss(self.score(m, m.decode(z), y))
+        def generator_terms(m: GAN) -> dict[str, torch.Tensor]:
+            return self.generator_objective(m, m.decode(z), y)
 
         # Two forwards of the generator rather than one reused graph: each loss is computed
         # entirely inside one forward call, which is what DDP needs to average its gradients.
-        d_loss = self.forward(critic_loss)
-        self._step("critic", d_loss)
-        g_loss = self.forward(generator_loss)
-        self._step("generator", g_loss)
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+        d_terms = self.forward(critic_terms)
+        self._step("critic", d_terms["d_loss"])
+        g_terms = self.forward(generator_terms)
+        self._step("generator", g_terms["g_loss"])
+        return {k: v.item() for k, v in (d_terms | g_terms).items()}
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -285,6 +297,27 @@ class ConditionalGANRecipe(GANRecipe):
     def score(self, m: GAN, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert isinstance(m, ConditionalGAN)
         return m.criticize(images, y)
+
+    def critic_objective(
+        self, m: GAN, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Hinge loss on the projection scores, plus (AC-GAN) the auxiliary head's class loss
+        on the real images only, so the head learns what each class looks like."""
+        assert isinstance(m, ConditionalGAN)
+        real_score, real_logits = m.criticize_and_classify(real, y)
+        fake_score = m.criticize(fake, y)
+        aux = m.aux_class_loss(real_logits, y)
+        return {"d_loss": GAN.critic_loss(real_score, fake_score) + aux, "d_class": aux.detach()}
+
+    def generator_objective(
+        self, m: GAN, fake: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Hinge loss, plus (AC-GAN) the head's class loss on the fakes: the generator is
+        rewarded when its fakes are recognised as the class they were drawn for."""
+        assert isinstance(m, ConditionalGAN)
+        fake_score, fake_logits = m.criticize_and_classify(fake, y)
+        aux = m.aux_class_loss(fake_logits, y)
+        return {"g_loss": GAN.generator_loss(fake_score) + aux, "g_class": aux.detach()}
 
 
 class ClassifierRecipe(Recipe):
