@@ -18,6 +18,7 @@ from . import errors
 from .batching import BatchEngine
 from .config import Settings
 from .deps import AppState
+from .dispatch import OperationDispatcher
 from .inference import Operations
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def root() -> RedirectResponse:
             return RedirectResponse("/demo/")
 
+    # Innermost: the operation routes skip FastAPI's per-request machinery (dispatch.py).
+    app.add_middleware(OperationDispatcher, router=models.router, fastapi_app=app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -1,0 +1,96 @@
+"""A direct dispatcher for the operation routes, ``POST /v1/models/{name}/{operation}``.
+
+Why: these endpoints take only ``(name, request, state)`` and parse the body themselves
+(``parsing.py``), so FastAPI's per-request machinery (a scan of every route, two
+``AsyncExitStack``s, the dependency solver, the response serializer) does no work for them
+but still costs about a fifth of the app's time per request (bench/README.md). This
+middleware, innermost in the stack, matches those paths itself and awaits the very same
+endpoint functions.
+
+What does not change: the routes stay FastAPI routes (OpenAPI, ``/docs``, 404s, 405s and
+every other path go through FastAPI); the middleware around this one (body limit, metrics,
+security headers, CORS) runs as before, with ``scope["route"]`` and ``path_params`` set for
+it; expected errors go through the app's own exception handlers; anything unexpected
+propagates to the same logged, generic 500.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .deps import get_state
+
+PREFIX = "/v1/models/"
+ENDPOINT_PARAMETERS = ["name", "request", "state"]
+
+
+def operation_routes(router: APIRouter) -> dict[str, APIRoute]:
+    """operation -> its route, for every ``POST /v1/models/{name}/<operation>`` route whose
+    endpoint takes exactly (name, request, state): the ones FastAPI has nothing to solve for."""
+    found = {}
+    for route in router.routes:
+        if not isinstance(route, APIRoute) or route.methods != {"POST"}:
+            continue
+        head, _, operation = route.path.rpartition("/")
+        if head != PREFIX + "{name}" or not operation.isidentifier():
+            continue
+        if list(inspect.signature(route.endpoint).parameters) == ENDPOINT_PARAMETERS:
+            found[operation] = route
+    return found
+
+
+class OperationDispatcher:
+    def __init__(self, app: ASGIApp, router: APIRouter, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.routes = operation_routes(router)
+        self.fastapi_app = fastapi_app  # its exception handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._match(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        name = scope["path"][len(PREFIX) :].partition("/")[0]
+        scope["route"] = route
+        scope["path_params"] = {"name": name}
+        request = Request(scope, receive, send)
+        try:
+            result = await route.endpoint(
+                name=name, request=request, state=await get_state(request)
+            )
+            response = result if isinstance(result, Response) else JSONResponse(result)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise  # the app's 500 handler logs it and answers without internals
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+    def _match(self, scope: Scope) -> APIRoute | None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+            return None
+        path: str = scope["path"]
+        if not path.startswith(PREFIX):
+            return None
+        name, slash, operation = path[len(PREFIX) :].partition("/")
+        if not name or not slash:
+            return None
+        return self.routes.get(operation)  # "a/b", "op/" and unknown operations: not ours
+
+    def _handler(self, exc: Exception) -> Any:
+        """The app's handler for this exception's class or nearest base, short of Exception."""
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None
+            handler = self.fastapi_app.exception_handlers.get(cls)
+            if handler is not None:
+                return handler
+        return None
