@@ -19,6 +19,8 @@ import base64
 import binascii
 import io
 import re
+import struct
+import zlib
 
 import numpy as np
 import torch
@@ -145,14 +147,45 @@ def image_to_tensor(
 
 def png_bytes(x: torch.Tensor, compress_level: int = 1) -> bytes:
     """One image [C, H, W] or a grid of several [B, C, H, W] -> PNG bytes."""
-    image = (
-        make_grid(x)
-        if x.ndim == 4 and len(x) > 1
-        else to_pil(to_uint8(x.reshape(1, *x.shape[-3:]))[0])
+    if x.ndim == 4 and len(x) > 1:
+        return encode_png(np.asarray(make_grid(x)), compress_level)
+    return encode_png(to_uint8(x.reshape(1, *x.shape[-3:]))[0], compress_level)
+
+
+def encode_png(arr: np.ndarray, compress_level: int = 1) -> bytes:
+    """uint8 [H, W] or [H, W, C] (C = 1 or 3) -> an 8-bit greyscale or RGB PNG.
+
+    Written directly from the PNG specification (W3C, "Portable Network Graphics (PNG)
+    Specification", 3rd ed., 2025): a signature, IHDR, one zlib-compressed IDAT of
+    scanlines that each start with filter byte 0 (None), and IEND. For the service's small
+    images this takes about a tenth of the time of PIL's encoder, whose per-call overhead
+    (plugin lookup, chunk callbacks) dominated the reply in the profile (bench/README.md).
+    """
+    if (
+        arr.dtype != np.uint8
+        or arr.ndim not in (2, 3)
+        or (arr.ndim == 3 and arr.shape[2] not in (1, 3))
+    ):
+        raise ValueError(f"expected uint8 [H, W] or [H, W, 1|3], got {arr.dtype} {list(arr.shape)}")
+    height, width = arr.shape[:2]
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    rows = np.empty((height, 1 + width * channels), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type None on every scanline
+    rows[:, 1:] = arr.reshape(height, width * channels)
+    color_type = 0 if channels == 1 else 2  # greyscale or truecolour, 8 bits per sample
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)),
+            _png_chunk(b"IEND", b""),
+        )
     )
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def data_url(png: bytes) -> str:
