@@ -14,6 +14,12 @@ Generative Models", NeurIPS 2014 (the M2 model, whose encoder also predicts the 
   [mu(x, y_hat), y_hat].
 - Loss per image: -ELBO(x | y) + class_weight * CE(y, q(y | x)),
   -ELBO(x | y) = BCE(x, decoder(z, y)) + beta * KL(q(z | x) || N(0, I)).
+- Optional class consistency (``consistency_weight`` > 0), in the spirit of the auxiliary
+  classifier of AC-GAN (Odena et al., ICML 2017) and the feedback of Hou et al.'s
+  "Deep Feature Consistent VAE" (WACV 2017): images decoded from the *prior* for class y
+  should be recognised as y by the model's own class head q(y | x). The head is frozen for
+  this term (it keeps learning from real images only), so only the decoder moves: it learns
+  to draw what tells the classes apart, where the ELBO alone draws a blurry average of tops.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ from .vae import VAE, VAEConfig
 class CVAEConfig(VAEConfig):
     class_names: tuple[str, ...] = ("0", "1")  # one name per class, in label order
     class_weight: float = 1.0  # weight of the encoder's class cross-entropy
+    consistency_weight: float = 0.0  # weight of the class consistency of prior samples
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.class_names = check_class_names(self.class_names)
         check_range("class_weight", self.class_weight, 0.0, 1e3)
+        check_range("consistency_weight", self.consistency_weight, 0.0, 1e3)
 
 
 @register
@@ -104,3 +112,14 @@ class ConditionalVAE(ConditionalCode, VAE):
         logits, mu, log_var, class_logits = self(x, labels)
         nll, kl = self.elbo_terms(x, logits, mu, log_var)
         return nll, kl, F.cross_entropy(class_logits, labels, reduction="none")
+
+    def consistency_terms(
+        self, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Per-sample class cross-entropy [B] of the class head on images decoded from the
+        prior, z ~ N(0, I), for classes ``labels`` [B]; its gradient reaches the decoder only."""
+        z = torch.randn(len(labels), self.noise_dim, generator=generator)  # [B, K]
+        x = torch.sigmoid(self.decode_logits(self.join(z, labels)))  # [B, C, H, W]
+        frozen = {name: p.detach() for name, p in self.encoder.named_parameters()}
+        out = torch.func.functional_call(self.encoder, frozen, (x,))  # [B, 2K + classes]
+        return F.cross_entropy(out[:, 2 * self.noise_dim :], labels, reduction="none")

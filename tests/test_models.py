@@ -294,3 +294,18 @@ def test_acgan_head_classifies_and_its_loss_is_weighted_cross_entropy() -> None:
 def test_acgan_weight_out_of_range_is_refused() -> None:
     with pytest.raises(ConfigError, match="aux_class_weight must be in \\[0, 100\\], got -1"):
         tiny_model("cgan", aux_class_weight=-1)
+
+
+def test_cvae_consistency_term_trains_the_decoder_only() -> None:
+    """Prior samples for class y, judged by the model's own (frozen) class head."""
+    model = tiny_model("cvae", consistency_weight=2.0).train()
+    labels = torch.tensor([0, 1, 2, 2])
+    ce = model.consistency_terms(labels, torch.Generator().manual_seed(0))
+    z = torch.randn(4, model.noise_dim, generator=torch.Generator().manual_seed(0))
+    logits = model.encoder(torch.sigmoid(model.decode_logits(model.join(z, labels))))[:, 6:]
+    assert ce.shape == (4,)
+    assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
+    model.zero_grad()
+    ce.mean().backward()
+    assert all(p.grad is None for p in model.encoder.parameters())  # the head stays frozen
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())

@@ -69,6 +69,16 @@ def test_cgan_trains_its_acgan_head(tmp_path: Path) -> None:
     assert last["d_class"] < first["d_class"] < 1.5  # log(4 classes) = 1.39 at chance
 
 
+def test_cvae_consistency_weight_is_trained_and_kept(tmp_path: Path) -> None:
+    out = tmp_path / "cvae"
+    code = main(["train", "--family", "cvae", "--dry-run", "--width", "4", "--consistency-weight", "3",
+                 "--out", str(out), "--checkpoint-dir", str(tmp_path / "c")])  # fmt: skip
+    assert code == 0
+    assert load_model(out).config.consistency_weight == 3.0
+    train = json.loads((out / "history.json").read_text())[-1]["train"]
+    assert train["consistency"] > 0 and train["loss"] > train["nll"]
+
+
 def test_seed_makes_runs_repeatable(tmp_path: Path) -> None:
     for name in ("a", "b"):
         main(["train", "--family", "vae", "--dry-run", "--seed", "3", "--width", "4",

@@ -232,6 +232,11 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         "--class-weight", type=positive_float, help="cvae: weight of the encoder's class loss"
     )
     g.add_argument(
+        "--consistency-weight",
+        type=non_negative_float,
+        help="cvae: weight of the class consistency of prior samples (default 0: off)",
+    )
+    g.add_argument(
         "--aux-class-weight",
         type=non_negative_float,
         help="cgan: weight of the AC-GAN auxiliary class loss (default 0: projection only)",

@@ -263,14 +263,19 @@ class ConditionalVAERecipe(Recipe):
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
-        def losses(m: ConditionalVAE) -> tuple[torch.Tensor, ...]:
+        def losses(m: ConditionalVAE) -> dict[str, torch.Tensor]:
             nll, kl, ce = m.loss_terms(x, y)
             loss = (nll + m.config.beta * kl + m.config.class_weight * ce).mean()
-            return loss, nll.detach().mean(), kl.detach().mean(), ce.detach().mean()
+            terms = {"nll": nll.detach().mean(), "kl": kl.detach().mean(), "ce": ce.detach().mean()}
+            if m.config.consistency_weight > 0:
+                consistency = m.consistency_terms(y, generator).mean()
+                loss = loss + m.config.consistency_weight * consistency
+                terms["consistency"] = consistency.detach()
+            return {"loss": loss, **terms}
 
-        loss, nll, kl, ce = self.forward(losses)
-        self._step("model", loss)
-        return {"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "ce": ce.item()}
+        terms = self.forward(losses)
+        self._step("model", terms["loss"])
+        return {k: v.item() for k, v in terms.items()}
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
