@@ -143,12 +143,15 @@ class BatchEngine:
         """Same-key items in arrival order, cut so a group holds at most max_batch_size rows
         (a single request larger than that runs alone)."""
         by_key: dict[Hashable, list[list[_Item]]] = {}
+        rows: dict[Hashable, int] = {}  # rows in each key's last chunk
         for item in items:
             chunks = by_key.setdefault(item.key, [[]])
-            rows = sum(len(it.x) for it in chunks[-1])
-            if chunks[-1] and rows + len(item.x) > self.max_batch_size:
+            n = len(item.x)
+            if chunks[-1] and rows[item.key] + n > self.max_batch_size:
                 chunks.append([])
+                rows[item.key] = 0
             chunks[-1].append(item)
+            rows[item.key] = rows.get(item.key, 0) + n
         return [chunk for chunks in by_key.values() for chunk in chunks]
 
     def _execute(self, group: list[_Item]) -> list[Output | BaseException]:

@@ -140,3 +140,20 @@ def test_oversized_request_runs_alone() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size and max_queue must be >= 1"):
         BatchEngine(max_batch_size=0)
+
+
+def test_groups_keep_arrival_order_per_key_and_cut_at_max_rows() -> None:
+    from service.batching import _Item
+
+    engine = BatchEngine(max_batch_size=4)
+    sizes = [("a", 1), ("b", 3), ("a", 2), ("a", 1), ("b", 2), ("a", 1), ("a", 6), ("a", 1)]
+    items = [_Item(key, abs, torch.zeros(n, 1), None) for key, n in sizes]  # type: ignore[arg-type]
+    groups = engine._groups(items)
+    assert [[(it.key, len(it.x)) for it in g] for g in groups] == [
+        [("a", 1), ("a", 2), ("a", 1)],  # 4 rows: full
+        [("a", 1)],  # the 6-row request does not fit beside it
+        [("a", 6)],  # larger than max_batch_size: runs alone
+        [("a", 1)],
+        [("b", 3)],
+        [("b", 2)],
+    ]
