@@ -191,6 +191,18 @@ def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
     assert page.text_content("#frame-out") == "12/12"
     shot(page, "03-vae")
 
+    assert page.locator("#class-label").is_hidden()  # the VAE is not class-conditional
+    pick(page, "cvae")
+    classes = page.eval_on_selector_all("#class option", "os => os.map(o => o.value)")
+    assert classes[0] == "" and "sneaker" in classes and len(classes) == 11
+    page.select_option("#class", "sneaker")
+    page.fill("#n", "8")
+    with page.expect_request("**/generate") as sent:
+        page.click("#generate")
+    assert sent.value.post_data_json["class"] == "sneaker"
+    not_blank(page, "#grid")
+    shot(page, "05-class")
+
     page.fill("#n", "1000")
     page.click("#generate")
     page.wait_for_selector("#error:not([hidden])")

@@ -68,6 +68,10 @@ function applyModel() {
   $("ends-seeds").disabled = !ops.has("generate");
   $(ops.has("generate") ? "ends-seeds" : "ends-images").checked = true;
   if (model.family === "vae") buildSliders();
+  // class-conditional models (cvae, cgan) list their classes: "eight sneakers" is one click
+  const classes = model.conditional ? model.class_names : [];
+  $("class-label").hidden = !classes.length;
+  $("class").replaceChildren(new Option("any", ""), ...classes.map((c) => new Option(c, c)));
 }
 $("model").addEventListener("change", () => run(async () => applyModel()));
 
@@ -103,7 +107,10 @@ $("denoise").addEventListener("click", () => run(async () => {
 // --- generate ---
 $("generate").addEventListener("click", () => run(async () => {
   const reply = await call(`/v1/models/${model.name}/generate`, {
-    json: { n: Number($("n").value), seed: Number($("seed").value), temperature: Number($("temperature").value) },
+    json: {
+      n: Number($("n").value), seed: Number($("seed").value), temperature: Number($("temperature").value),
+      ...($("class").value ? { class: $("class").value } : {}),
+    },
   });
   $("grid").src = await gridFrom(reply.images);
 }));
