@@ -171,6 +171,18 @@ def test_init_from_fine_tunes_an_artifact(tmp_path: Path) -> None:
     assert any(moved), "fine-tuning changed nothing"
     card = json.loads((tuned / "card.json").read_text())
     assert card["training"]["init_from"] == str(base)
+    # the card lists both stages: the base run, then this one; a third stage extends the list
+    stages = card["training"]["stages"]
+    assert [s["stage"] for s in stages] == [1, 2] and "--init-from" in stages[1]["command"]
+    assert "--init-from" not in stages[0]["command"] and card["training"]["total_epochs"] == 2
+    third = tmp_path / "third"
+    assert main([*common, "--epochs", "2", "--init-from", str(tuned), "--out", str(third),
+                 "--checkpoint-dir", str(tmp_path / "c2")]) == 0  # fmt: skip
+    training = json.loads((third / "card.json").read_text())["training"]
+    assert [s["epochs"] for s in training["stages"]] == [1, 1, 2]
+    assert training["total_epochs"] == 4
+    total = sum(s["wall_time_s"] for s in training["stages"])
+    assert training["total_wall_time_s"] == round(total, 1)
 
 
 @pytest.mark.parametrize(

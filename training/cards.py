@@ -52,8 +52,9 @@ def row(folder: Path) -> str | None:
     )
     t = card["training"]
     size_mb = (folder / "model.safetensors").stat().st_size / 1e6
+    epochs = f"{t['total_epochs']} ({len(t['stages'])} stages)" if t.get("stages") else t["epochs"]
     return (f"| `{card['name']}` | {card['family']} | {card['latent_dim']} | {card['parameters']:,} ({size_mb:.1f} MB) | "
-            f"{t.get('total_epochs', t['epochs'])} | {t.get('total_wall_time_s', t['wall_time_s']) / 60:.1f} min | {headline} | {verdict} |")  # fmt: skip
+            f"{epochs} | {t.get('total_wall_time_s', t['wall_time_s']) / 60:.1f} min | {headline} | {verdict} |")  # fmt: skip
 
 
 def table(weights: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -226,7 +227,7 @@ def model_card(
     world: World | None = None,
 ) -> dict[str, Any]:
     images_seen = args.epochs * steps * args.batch_size
-    return {
+    card: dict[str, Any] = {
         "name": args.out.name,
         "family": model.family,
         "parameters": model.parameter_count(),
@@ -252,6 +253,26 @@ def model_card(
             "final_val": history[-1]["val"] if history else {},
         },
         "metrics": {},
+    }
+    if args.init_from is not None:
+        card["training"].update(stage_history(args.init_from, card["training"]))
+    return card
+
+
+def stage_history(init_from: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuned artifact's card lists every stage that made it: the stages of the
+    ``--init-from`` artifact's card (or that card's own run, as stage 1), then this run."""
+    try:
+        base = json.loads((init_from / "card.json").read_text()).get("training", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # an artifact without a readable card: only this run is known
+    keys = ("command", "epochs", "wall_time_s", "hardware")
+    stages = base.get("stages") or [{"stage": 1, **{k: base.get(k) for k in keys}}]
+    stages = [*stages, {"stage": len(stages) + 1, **{k: run[k] for k in keys}}]
+    return {
+        "stages": stages,
+        "total_epochs": sum(s.get("epochs") or 0 for s in stages),
+        "total_wall_time_s": round(sum(s.get("wall_time_s") or 0 for s in stages), 1),
     }
 
 
