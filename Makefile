@@ -26,7 +26,7 @@ test: lint  ## ruff, mypy and the whole test suite
 train: $(STAMP)  ## example: make train ARGS="--family vae --epochs 5 --out runs/my-vae"
 	$(PY) -m training train $(ARGS)
 
-weights: $(STAMP)  ## retrain and re-evaluate every shipped model (about an hour on 2 cores)
+weights: $(STAMP)  ## retrain and re-evaluate every shipped model (about 4 hours on 2 cores)
 	bash weights/train_all.sh
 
 bench: $(STAMP)  ## needs wrk (apt-get install wrk); 6-12 minutes on 2 cores

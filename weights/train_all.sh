@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain and re-evaluate every shipped model, one after another (never two at once on
 # 2 cores). `make weights` runs this; `bash weights/train_all.sh ae vae` does just those.
-# Logs go to runs/logs/NAME.log. Total on 2 cores: about 90 minutes of training.
+# Logs go to runs/logs/NAME.log. Total on 2 cores: about 4 hours of training (the cards add up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -14,14 +14,16 @@ declare -A RECIPE=(
   [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"
   [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64"
   [cvae-fashion]="--family cvae --latent-dim 16 --epochs 12 --batch-size 64 --lr 2e-3"
+  [cgan-fashion]="--family cgan --latent-dim 64 --aux-class-weight 1 --epochs 20 --batch-size 64"
   [stacked-ae-fashion]="--family stacked-ae --latent-dim 16 --hidden-sizes 1024,256 --no-tied-weights --pretrain-epochs 2 --epochs 40 --batch-size 64 --lr 1e-3"
   [sparse-ae-fashion]="--family sparse-ae --latent-dim 32 --sparsity-target 0.1 --sparsity-weight 2 --epochs 30 --batch-size 64 --lr 3e-3"
 )
 # Further stages, each fine-tuning the previous stage's weights (--init-from), separated by |.
 declare -A STAGES=(
   [dae-fashion]="--epochs 16 --lr 1e-3 --seed 1|--noise-probs 0.6,0.2,0.2 --epochs 14 --lr 5e-4 --seed 2"
+  [cvae-fashion]="--consistency-weight 20 --epochs 4 --lr 1e-3 --seed 1"
 )
-ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion stacked-ae-fashion sparse-ae-fashion)
+ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion cgan-fashion stacked-ae-fashion sparse-ae-fashion)
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
 
