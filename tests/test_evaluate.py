@@ -54,6 +54,10 @@ def test_evaluate_writes_metrics_into_the_card(artifacts: Path, family: str) -> 
     if family == "gan":
         assert sum(metrics["class_shares"].values()) == pytest.approx(1.0)
         assert metrics["frechet_distance"] >= 0
+    if family in ("gan", "cgan"):  # inversion: PSNR of the generator's reconstructions, time
+        assert 0 < metrics["inversion_psnr"] < 60 and metrics["inversion_seconds_per_image"] > 0
+    if family == "cgan":  # the class tail of each inverted code, against the true label
+        assert 0 <= metrics["inversion_class_accuracy"] <= 1
     if family in ("cvae", "cgan"):  # judged per class by the classifier (same class names)
         per_class = metrics["conditional_accuracy"]
         assert len(per_class) == 4 and all(0 <= v <= 1 for v in per_class.values())

@@ -290,7 +290,33 @@ def evaluate_cgan(
     g = torch.Generator().manual_seed(0)
     samples = in_batches(model.decode, model.sample_latent(min(args.samples, 10_000), g))
     out.update(frechet_metrics(judge, samples, data, test))
-    return out
+    z, inversion = inversion_metrics(model, test, args)
+    # the class tail of an inverted code: does inversion find the image's class too?
+    labels = data.test.labels[: len(z)]
+    found = z[:, model.noise_dim :].argmax(1)
+    return {**out, **inversion, "inversion_class_accuracy": float((found == labels).float().mean())}
+
+
+def inversion_metrics(
+    model: GAN, test: torch.Tensor, args: argparse.Namespace
+) -> tuple[torch.Tensor, Metrics]:
+    """Invert the first ``--inversion-images`` test images: their codes [N, latent_dim], and
+    the PSNR of the generator's reconstructions and the time per image."""
+    inverted = test[: args.inversion_images]
+    started = time.perf_counter()
+    z, _ = invert(
+        model,
+        inverted,
+        steps=args.inversion_steps,
+        restarts=args.inversion_restarts,
+        generator=torch.Generator().manual_seed(0),
+    )
+    seconds = (time.perf_counter() - started) / len(inverted)
+    return z, {
+        "inversion_psnr": float(psnr(model.decode(z), inverted).mean()),
+        "inversion_images": len(inverted),
+        "inversion_seconds_per_image": seconds,
+    }
 
 
 @torch.no_grad()
@@ -331,20 +357,8 @@ def evaluate_gan(
     predicted = in_batches(judge, samples).argmax(1)
     shares = torch.bincount(predicted, minlength=len(data.class_names)).float() / len(samples)
     assert isinstance(model, GAN)
-    inverted = test[: args.inversion_images]
-    started = time.perf_counter()
-    z, _ = invert(
-        model,
-        inverted,
-        steps=args.inversion_steps,
-        restarts=args.inversion_restarts,
-        generator=torch.Generator().manual_seed(0),
-    )
-    inversion_seconds = (time.perf_counter() - started) / len(inverted)
     return {
-        "inversion_psnr": float(psnr(model.decode(z), inverted).mean()),
-        "inversion_images": len(inverted),
-        "inversion_seconds_per_image": inversion_seconds,
+        **inversion_metrics(model, test, args)[1],
         "samples": len(samples),
         "class_shares": {name: float(s) for name, s in zip(data.class_names, shares, strict=True)},
         "min_class_share": float(shares.min()),
