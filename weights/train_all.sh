@@ -22,6 +22,7 @@ declare -A RECIPE=(
 declare -A STAGES=(
   [dae-fashion]="--epochs 16 --lr 1e-3 --seed 1|--noise-probs 0.6,0.2,0.2 --epochs 14 --lr 5e-4 --seed 2"
   [cvae-fashion]="--consistency-weight 20 --epochs 4 --lr 1e-3 --seed 1"
+  [cgan-fashion]="--aux-class-weight 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1"
 )
 ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion cgan-fashion stacked-ae-fashion sparse-ae-fashion)
 names=("$@")
