@@ -22,6 +22,9 @@ def test_round_trip_gives_identical_outputs(family: str, tmp_path: Path) -> None
     loaded = load_model(tmp_path / family)
     assert not loaded.training
     assert loaded.config == model.config
+    kernels = [p for p in loaded.parameters() if p.dim() == 4]  # conv weights: channels-last
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    assert kernels or family == "stacked-ae"
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         if family == "classifier":
