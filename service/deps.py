@@ -36,8 +36,15 @@ State = Annotated[AppState, Depends(get_state)]
 
 
 def find_model(state: AppState, name: str, operation: str | None = None) -> LoadedModel:
-    """The served model called ``name``; 404 lists the names, 400 lists the operations."""
+    """The served model called ``name``; 404 lists the names, 400 lists the operations,
+    503 while the models are still loading."""
     lm = state.registry.get(name)
+    if lm is None and not state.registry.loaded_once:
+        # Starting up: every model is still loading (with several workers, a readiness
+        # probe may already have seen another worker ready). Retry, don't give up.
+        raise HTTPException(
+            503, "the models are still loading; retry shortly", headers={"Retry-After": "1"}
+        )
     if lm is None:
         available = ", ".join(sorted(state.registry.models)) or "none"
         shown = name if valid_name(name) else "(invalid name)"

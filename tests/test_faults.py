@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import Settings
+from service import Settings, create_app
 
 from .conftest import API_KEY, png, start
 from .factories import write_tiny
@@ -276,3 +277,22 @@ def test_content_type_that_contradicts_the_body(limited: TestClient) -> None:
         headers={"content-type": "image/jpeg"},
     )
     assert r.status_code == 415 and "an HTML document" in r.json()["detail"]
+
+
+def test_requests_before_the_models_have_loaded_get_503_and_retry_after(weights_dir: Path) -> None:
+    """A worker that is still loading (with several workers, a readiness probe may already
+    have seen another one ready) asks the client to retry instead of saying 404."""
+    app = create_app(Settings(weights_dir=weights_dir))
+    early = TestClient(app, raise_server_exceptions=False)  # no lifespan: nothing loads
+    for r in (
+        early.post("/v1/models/ae-t/reconstruct", json={"image": "x"}),
+        early.get("/v1/models/ae-t"),
+    ):
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["detail"] == "the models are still loading; retry shortly"
+    with TestClient(app) as started:
+        deadline = time.monotonic() + 10
+        while not app.state.latentserve.registry.loaded_once and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.get("/v1/models/ae-t").status_code == 200
+        assert started.get("/v1/models/nope").status_code == 404  # loaded: unknown is unknown
