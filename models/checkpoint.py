@@ -98,7 +98,9 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     # Conv weights in channels-last layout: oneDNN's kernels for it run these small conv
     # nets about 20% faster on the CPU at batch 1 and 32-64, and the same at batch 8
     # (bench/README.md); results agree with the default layout to ~1e-6.
-    return model.to(device, memory_format=torch.channels_last).eval()
+    model.to(device)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
+    return model.eval()
 
 
 def check_state(
