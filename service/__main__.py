@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
+import tempfile
 from typing import Any
 
 import uvicorn
@@ -29,6 +32,13 @@ def main() -> int:
         from .app import create_app
 
         app = create_app(settings)
+    elif settings.reload_signal_file is None:
+        # the workers read their settings from this environment: give them a shared file
+        # through which an admin reload in one of them reaches all (reloading.py)
+        fd, name = tempfile.mkstemp(prefix="latentserve-reload-")
+        os.close(fd)
+        os.environ["LATENTSERVE_RELOAD_SIGNAL_FILE"] = name
+        atexit.register(os.unlink, name)
     uvicorn.run(
         app,
         factory=settings.workers > 1,

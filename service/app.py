@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from .inference import Operations
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .registry import ModelRegistry
+from .reloading import ReloadSignal, follow, load_models
 from .routes import admin, health, models
 
-log = logging.getLogger("latentserve")
 STATIC = Path(__file__).parent / "static"
 DESCRIPTION = """Encode, decode, reconstruct, denoise, interpolate and generate images with
 autoencoders, VAEs and GANs. Images go in as multipart uploads, base64 JSON or raw PNG/JPEG
@@ -40,16 +39,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
         settings.torch_threads, on_batch=metrics.observe_batch,
     )  # fmt: skip
-    state = AppState(settings, registry, engine, Operations(engine, settings), metrics)
+    signal = ReloadSignal(settings.reload_signal_file) if settings.reload_signal_file else None
+    state = AppState(settings, registry, engine, Operations(engine, settings), metrics, signal)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         await engine.start()
         loading = asyncio.create_task(asyncio.to_thread(load_models, state))
+        following = asyncio.create_task(follow(state, signal)) if signal else None
         try:
             yield
         finally:
+            if following:
+                following.cancel()
             await loading
             await engine.stop()
 
@@ -80,11 +83,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, registry=registry)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
-
-
-def load_models(state: AppState) -> None:
-    report = state.registry.load_all()
-    for name, lm in state.registry.models.items():
-        state.metrics.load_seconds.labels(name).set(lm.load_seconds)
-    state.metrics.models_failed.set(len(state.registry.failed))
-    log.info("models ready: %s; failed: %s", report["loaded"], list(report["failed"]) or "none")

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="uvicorn worker processes (each loads every model)"
     )
+    reload_signal_file: Path | None = Field(
+        None,
+        description="file the workers share so that an admin reload reaches all of them "
+        "(python -m service sets it when workers > 1)",
+    )
     graceful_timeout_s: int = Field(
         30, ge=0, description="on SIGTERM, time to finish in-flight requests"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
@@ -14,6 +14,9 @@ from .inference import Operations
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry, valid_name
 
+if TYPE_CHECKING:
+    from .reloading import ReloadSignal
+
 
 @dataclasses.dataclass
 class AppState:
@@ -22,6 +25,7 @@ class AppState:
     engine: BatchEngine
     operations: Operations
     metrics: Metrics
+    reload_signal: ReloadSignal | None = None  # shared by the workers (reloading.py)
 
 
 async def get_state(request: Request) -> AppState:

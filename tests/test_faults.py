@@ -296,3 +296,34 @@ def test_requests_before_the_models_have_loaded_get_503_and_retry_after(weights_
             time.sleep(0.01)
         assert started.get("/v1/models/ae-t").status_code == 200
         assert started.get("/v1/models/nope").status_code == 404  # loaded: unknown is unknown
+
+
+def test_admin_reload_reaches_every_worker_through_the_signal_file(folder: Path) -> None:
+    """Two workers (two app instances) share a signal file: a reload asked of one is
+    followed by the other within the poll interval; the reply says so."""
+    settings = Settings(weights_dir=folder, api_key=API_KEY, reload_signal_file=folder / ".sig")
+    one, two = start(settings), start(settings)
+    try:
+        write_tiny(folder / "newcomer", "gan")
+        time.sleep(1.5)  # a poll or more passes: no signal, no reload
+        assert two.get("/v1/models/newcomer").status_code == 404
+        reply = one.post("/v1/admin/reload", headers={"x-api-key": API_KEY}).json()
+        assert "newcomer" in reply["loaded"] and reply["workers"].startswith("all")
+        assert one.post("/v1/models/newcomer/generate", json={"n": 1}).status_code == 200
+        deadline = time.monotonic() + 5
+        while two.get("/v1/models/newcomer").status_code != 200:
+            assert time.monotonic() < deadline, "the other worker never reloaded"
+            time.sleep(0.1)
+        assert two.post("/v1/models/newcomer/generate", json={"n": 1}).status_code == 200
+    finally:
+        one.__exit__(None, None, None)
+        two.__exit__(None, None, None)
+
+
+def test_a_single_worker_reload_says_so(folder: Path) -> None:
+    client = start(Settings(weights_dir=folder, api_key=API_KEY))
+    try:
+        reply = client.post("/v1/admin/reload", headers={"x-api-key": API_KEY}).json()
+        assert reply["workers"] == "this one"
+    finally:
+        client.__exit__(None, None, None)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import State, require_api_key
+from ..reloading import load_models
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_api_key)])
 
@@ -15,9 +16,10 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(req
 @router.post("/reload", summary="Re-read the weights folder and swap models in atomically")
 async def reload(state: State) -> dict[str, Any]:
     """Load new and changed models; a model whose new files are bad keeps its old version.
-    Requests already running finish on the model they started with."""
-    report = await run_in_threadpool(state.registry.load_all)
-    for name, lm in state.registry.models.items():
-        state.metrics.load_seconds.labels(name).set(lm.load_seconds)
-    state.metrics.models_failed.set(len(state.registry.failed))
-    return {"models": sorted(state.registry.models), **report}
+    Requests already running finish on the model they started with. With several workers,
+    the others follow within a second (`workers` in the reply says which reloaded)."""
+    report = await run_in_threadpool(load_models, state)
+    if state.reload_signal is not None:
+        state.reload_signal.send()
+    workers = "all (the others within 1 s)" if state.reload_signal else "this one"
+    return {"models": sorted(state.registry.models), **report, "workers": workers}
