@@ -223,6 +223,9 @@ def raw_forward_rate(
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="wrk duration per point")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="unrecorded wrk run before each point"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--servers", nargs="+", default=["latentserve", "fastapi", "litserve"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -237,6 +240,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores",
         "seconds": args.seconds,
+        "warmup_seconds": args.warmup,
         "runs": {},
     }
 
@@ -250,6 +254,9 @@ def main() -> int:
             with server(cmd, env, ready) as info:
                 points = {}
                 for c in args.concurrency:
+                    # warm-up at this concurrency, not recorded: the first batches of each new
+                    # size set up oneDNN kernels and allocate (they put 20 ms into a p99)
+                    wrk(url, files["json"], c, args.warmup)
                     points[c] = wrk(url, files["json"], c, args.seconds)
                     print(f"{key:16} c={c:<4} {points[c]['rps']:8.0f} req/s  p50 {points[c]['p50_ms']:6.1f} ms  "
                           f"p99 {points[c]['p99_ms']:7.1f} ms  errors {points[c]['errors']}", flush=True)  # fmt: skip
