@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .base import ConfigError, LatentModel, check_images, check_latents, register
+from .base import LatentModel, check_images, check_latents, check_range, register
 from .blocks import stage_plan
 from .conditioning import ConditionalCode, check_class_names
 from .gan import GAN, Critic, GANConfig, Generator
@@ -39,8 +39,7 @@ class CGANConfig(GANConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.class_names = check_class_names(self.class_names)
-        if not 0 <= self.aux_class_weight <= 100:
-            raise ConfigError(f"aux_class_weight must be in [0, 100], got {self.aux_class_weight}")
+        check_range("aux_class_weight", self.aux_class_weight, 0.0, 100.0)
 
 
 class ProjectionCritic(nn.Module):

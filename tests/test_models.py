@@ -292,8 +292,12 @@ def test_acgan_head_classifies_and_its_loss_is_weighted_cross_entropy() -> None:
 
 
 def test_acgan_weight_out_of_range_is_refused() -> None:
-    with pytest.raises(ConfigError, match="aux_class_weight must be in \\[0, 100\\], got -1"):
+    with pytest.raises(
+        ConfigError, match=r"aux_class_weight must be a number in \[0\.0, 100\.0\], got -1"
+    ):
         tiny_model("cgan", aux_class_weight=-1)
+    with pytest.raises(ConfigError, match="aux_class_weight must be a number"):
+        tiny_model("cgan", aux_class_weight="heavy")
 
 
 def test_cvae_consistency_term_trains_the_decoder_only() -> None:
