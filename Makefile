@@ -29,7 +29,7 @@ train: $(STAMP)  ## example: make train ARGS="--family vae --epochs 5 --out runs
 weights: $(STAMP)  ## retrain and re-evaluate every shipped model (about 4 hours on 2 cores)
 	bash weights/train_all.sh
 
-bench: $(STAMP)  ## needs wrk (apt-get install wrk); 6-12 minutes on 2 cores
+bench: $(STAMP)  ## needs wrk (apt-get install wrk); about 14 minutes on 2 cores
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench
 
