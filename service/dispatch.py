@@ -54,11 +54,11 @@ class OperationDispatcher:
         self.fastapi_app = fastapi_app  # its exception handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._match(scope)
-        if route is None:
+        matched = self._match(scope)
+        if matched is None:
             await self.app(scope, receive, send)
             return
-        name = scope["path"][len(PREFIX) :].partition("/")[0]
+        route, name = matched
         scope["route"] = route
         scope["path_params"] = {"name": name}
         request = Request(scope, receive, send)
@@ -74,16 +74,16 @@ class OperationDispatcher:
             response = await handler(request, exc)
         await response(scope, receive, send)
 
-    def _match(self, scope: Scope) -> APIRoute | None:
+    def _match(self, scope: Scope) -> tuple[APIRoute, str] | None:
+        """(the operation's route, the model name), or None for every other request."""
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
             return None
         path: str = scope["path"]
         if not path.startswith(PREFIX):
             return None
         name, slash, operation = path[len(PREFIX) :].partition("/")
-        if not name or not slash:
-            return None
-        return self.routes.get(operation)  # "a/b", "op/" and unknown operations: not ours
+        route = self.routes.get(operation)  # "a/b", "op/" and unknown operations: not ours
+        return (route, name) if route is not None and name and slash else None
 
     def _handler(self, exc: Exception) -> Any:
         """The app's handler for this exception's class or nearest base, short of Exception."""
