@@ -118,8 +118,8 @@ class ConditionalVAE(ConditionalCode, VAE):
     ) -> torch.Tensor:
         """Per-sample class cross-entropy [B] of the class head on images decoded from the
         prior, z ~ N(0, I), for classes ``labels`` [B]; its gradient reaches the decoder only."""
-        z = torch.randn(len(labels), self.noise_dim, generator=generator)  # [B, K]
-        x = torch.sigmoid(self.decode_logits(self.join(z, labels)))  # [B, C, H, W]
+        codes = self.sample_latent(len(labels), generator, labels=labels)  # [B, K + classes]
+        x = torch.sigmoid(self.decode_logits(codes))  # [B, C, H, W]
         frozen = {name: p.detach() for name, p in self.encoder.named_parameters()}
         out = torch.func.functional_call(self.encoder, frozen, (x,))  # [B, 2K + classes]
         return F.cross_entropy(out[:, 2 * self.noise_dim :], labels, reduction="none")
