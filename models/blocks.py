@@ -66,6 +66,63 @@ class ConvEncoder(nn.Module):
         return self.head(h).flatten(1)  # [B, out_features]
 
 
+# For kernel 4, stride 2, padding 1: output row 2m + a receives (kernel tap, input row m + d)
+# for these two (tap, d) pairs; the same holds for columns.
+_PHASE_TAPS = (((1, 0), (3, -1)), ((2, 0), (0, 1)))
+
+
+class ImageConvTranspose2d(nn.ConvTranspose2d):
+    """The decoder's last layer: a stride-2 transposed convolution (kernel 4, padding 1) to
+    the image's few channels, with the parameters and results of ``nn.ConvTranspose2d``.
+
+    Without gradients (serving, evaluation) it computes the layer from its definition
+    (Dumoulin & Visin, "A guide to convolution arithmetic for deep learning",
+    arXiv:1603.07285): each input pixel scales the kernel, one matrix product
+    [B*H*W, C_in] @ [C_in, C_out*4*4], and the 4x4 patches are added into the output at
+    stride 2. oneDNN's transposed convolution with 1 to 3 output channels runs at a small
+    fraction of its usual rate: this is 5x faster for 32 -> 1 channels at 14x14 and was
+    15% of the ae-fashion forward (bench/README.md). With gradients (training) it is
+    exactly ``nn.ConvTranspose2d``, as it is for inputs of fewer than ``MIN_PIXELS`` pixels,
+    where the 16 small additions cost more than they save (the crossover measured between
+    2 and 4 images of 14x14).
+    """
+
+    MIN_PIXELS = 512  # B * H * W
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        b, c_in, h, w = x.shape
+        if torch.is_grad_enabled() or output_size is not None or b * h * w < self.MIN_PIXELS:
+            return super().forward(x, output_size)
+        c_out = self.out_channels
+        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in)  # [B*H*W, C_in]
+        patches = (rows @ self.weight.reshape(c_in, c_out * 16)).view(b, h, w, c_out, 4, 4)
+        out = x.new_empty(b, h, 2, w, 2, c_out)  # [B, H, row phase, W, column phase, C_out]
+        for a, row_taps in enumerate(_PHASE_TAPS):
+            for p, col_taps in enumerate(_PHASE_TAPS):
+                phase = out[:, :, a, :, p]  # [B, H, W, C_out]: output pixels (2m + a, 2n + p)
+                (ky, _), (kx, _) = row_taps[0], col_taps[0]  # the d = 0 taps cover every pixel
+                torch.add(patches[..., ky, kx], self.bias, out=phase)
+                for ky, dy in row_taps:
+                    for kx, dx in col_taps:
+                        if dy or dx:
+                            phase[:, _dst(dy, h), _dst(dx, w)] += patches[
+                                :, _src(dy, h), _src(dx, w), :, ky, kx
+                            ]
+        return out.view(b, 2 * h, 2 * w, c_out).permute(0, 3, 1, 2)  # [B, C_out, 2H, 2W]
+
+
+def _src(d: int, n: int) -> slice:
+    """Input rows m + d for the output rows ``_dst(d, n)``."""
+    return slice(max(d, 0), n + min(d, 0))
+
+
+def _dst(d: int, n: int) -> slice:
+    return slice(max(-d, 0), n + min(-d, 0))
+
+
 class ConvDecoder(nn.Module):
     """Code [B, in_features] -> logits [B, C, H, W] (apply a sigmoid for pixels)."""
 
@@ -91,9 +148,13 @@ class ConvDecoder(nn.Module):
         for i in range(stages):
             c_out = channels if i == stages - 1 else c // 2
             layers += [nn.Conv2d(c, c, 3, padding=1), nn.SiLU()]
-            layers += [nn.ConvTranspose2d(c, c_out, 4, stride=2, padding=1)]  # double H, W
             if i < stages - 1:
-                layers.append(nn.SiLU())
+                layers += [
+                    nn.ConvTranspose2d(c, c_out, 4, stride=2, padding=1),
+                    nn.SiLU(),
+                ]  # double H, W
+            else:
+                layers.append(ImageConvTranspose2d(c, c_out))  # double H, W
             c = c_out
         if stages == 0:
             layers.append(nn.Conv2d(c, channels, 3, padding=1))

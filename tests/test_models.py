@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models import FAMILIES, ConfigError, build_model, corrupt
+from models.blocks import ImageConvTranspose2d
 from models.sparse import SparseAutoencoder
 from models.stacked import StackedAutoencoder
 from models.vae import VAE
@@ -313,3 +314,38 @@ def test_cvae_consistency_term_trains_the_decoder_only() -> None:
     ce.mean().backward()
     assert all(p.grad is None for p in model.encoder.parameters())  # the head stays frozen
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+
+
+@pytest.mark.parametrize(
+    ("batch", "c_in", "c_out", "side", "channels_last"),
+    [(8, 32, 1, 14, True), (8, 32, 1, 14, False), (4, 16, 3, 16, True), (1, 32, 1, 14, True)],
+)
+def test_image_conv_transpose_matches_torch_without_gradients(
+    batch: int,
+    c_in: int,
+    c_out: int,
+    side: int,
+    channels_last: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    layer = ImageConvTranspose2d(c_in, c_out)
+    x = torch.randn(batch, c_in, side, side)
+    if channels_last:
+        layer = layer.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.conv_transpose2d(
+        x, layer.weight, layer.bias, stride=2, padding=1
+    )
+    torch_forward = torch.nn.ConvTranspose2d.forward
+    own_path = batch * side * side >= ImageConvTranspose2d.MIN_PIXELS
+    if own_path:  # prove the matrix-product path ran, not torch's layer
+        monkeypatch.setattr(torch.nn.ConvTranspose2d, "forward", None)
+    with torch.inference_mode():
+        served = layer(x)
+    monkeypatch.setattr(torch.nn.ConvTranspose2d, "forward", torch_forward)
+    assert served.shape == (batch, c_out, 2 * side, 2 * side)
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-5)
+    trained = layer(x)  # with gradients: torch's own layer
+    assert trained.requires_grad
+    torch.testing.assert_close(trained.detach(), expected, atol=0, rtol=0)
