@@ -140,9 +140,14 @@ def image_to_tensor(
     if img.size != (side, side):
         img = img.resize((side, side), Image.Resampling.LANCZOS)
     arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    x = torch.from_numpy(arr.copy()).float().div_(255).unsqueeze(0)
-    return 1 - x if invert else x
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # [C, H, W]
+    # In NumPy, then one torch call: the same IEEE float32 numbers as .float().div_(255)
+    # and 1 - x, at a fraction of the cost of four torch ops per request (bench/README.md).
+    x = arr[None].astype(np.float32)  # [1, C, H, W], a new array
+    x /= 255
+    if invert:
+        np.subtract(1, x, out=x)
+    return torch.from_numpy(x)
 
 
 def png_bytes(x: torch.Tensor, compress_level: int = 1) -> bytes:

@@ -8,7 +8,9 @@ import torch
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from .imaging import data_url, gif_bytes, png_bytes
+from models.imaging import to_uint8
+
+from .imaging import data_url, encode_png, gif_bytes, png_bytes
 
 MIME = {
     "json": "application/json",
@@ -72,7 +74,7 @@ def image_reply(
         if fmt == "array":
             value: Any = [img.tolist() for img in batch]
         else:
-            value = [data_url(png_bytes(img, compress_level)) for img in batch]
+            value = [data_url(encode_png(px, compress_level)) for px in to_uint8(batch)]
         if single:
             body[name] = value[0]
         else:
