@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -42,6 +43,17 @@ class Metrics:
         self.models_failed = Gauge(
             "latentserve_models_failed", "models that failed to load", registry=self.registry
         )
+        # labels() validates and locks on every call; the label sets are few (route templates,
+        # served model names or "(unknown)", status codes), so each child is looked up once
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((route, model, status))
+        if children is None:
+            children = (self.requests.labels(route, model, str(status)), self.latency.labels(route))
+            self._request_children[(route, model, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, key: Hashable, rows: int, seconds: float) -> None:
         """``key`` is the engine's batch key: (LoadedModel, operation name)."""

@@ -113,8 +113,7 @@ class ObservabilityMiddleware:
             model = scope.get("path_params", {}).get("name", "")
             if model and self.registry.get(model) is None:
                 model = "(unknown)"  # never a label per hostile name
-            self.metrics.requests.labels(route, model, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.observe_request(route, model, status, time.perf_counter() - started)
 
 
 def _route_template(scope: Scope) -> str:

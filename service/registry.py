@@ -9,6 +9,7 @@ reload, a model whose new files are bad keeps its previous version.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -51,7 +52,7 @@ class LoadedModel:
     load_seconds: float
     files_mtime: float
 
-    @property
+    @functools.cached_property  # asked on every request; the model never changes
     def operations(self) -> list[str]:
         have = self.model.operations
         return sorted(
