@@ -1,0 +1,137 @@
+"""The PNG fast path of the upload conversion gives exactly what the general path gives."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from service import imaging
+from service.imaging import ImageError, encode_png, image_to_tensor, ready_png_pixels
+
+LIMIT = 10**6
+
+
+def pil_png(arr: np.ndarray, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def split_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 8
+    while pos < len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        out.append((png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def join_chunks(parts: list[tuple[bytes, bytes]]) -> bytes:
+    return imaging.PNG_SIGNATURE + b"".join(chunk(k, d) for k, d in parts)
+
+
+def general_path(
+    data: bytes, shape: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> torch.Tensor:
+    with monkeypatch.context() as m:
+        m.setattr(imaging, "ready_png_pixels", lambda *args: None)
+        return image_to_tensor(data, shape, "image", LIMIT)
+
+
+rng = np.random.default_rng(0)
+SMOOTH = np.add.outer(np.arange(28), np.arange(28)).astype(np.uint8) * 4
+NOISE = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+RGB = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("png", "shape"),
+    [
+        (pil_png(SMOOTH), (1, 28, 28)),  # PIL chooses per-row filters, Paeth among them
+        (pil_png(NOISE, optimize=True), (1, 28, 28)),
+        (pil_png(NOISE, compress_level=0), (1, 28, 28)),
+        (encode_png(SMOOTH), (1, 28, 28)),  # our own replies, sent back
+        (pil_png(RGB), (3, 16, 16)),
+        (pil_png(SMOOTH, pnginfo=PngImagePlugin.PngInfo()), (1, 28, 28)),
+    ],
+)
+def test_simple_pngs_take_the_fast_path_with_the_same_result(
+    png: bytes, shape: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixels = ready_png_pixels(png, shape, LIMIT)
+    assert pixels is not None
+    np.testing.assert_array_equal(pixels, np.asarray(Image.open(io.BytesIO(png))))
+    fast = image_to_tensor(png, shape, "image", LIMIT)
+    assert torch.equal(fast, general_path(png, shape, monkeypatch))
+    assert torch.equal(image_to_tensor(png, shape, "image", LIMIT, invert=True), 1 - fast)
+
+
+def test_inert_chunks_and_split_idat_still_take_the_fast_path() -> None:
+    parts = split_chunks(pil_png(NOISE))
+    (ihdr, (_, idat), iend) = parts
+    text = (b"tEXt", b"Comment\x00drawn by hand")
+    halves = [(b"IDAT", idat[:40]), (b"IDAT", idat[40:])]
+    png = join_chunks([ihdr, text, (b"gAMA", struct.pack(">I", 45455)), *halves, iend])
+    pixels = ready_png_pixels(png, (1, 28, 28), LIMIT)
+    assert pixels is not None
+    np.testing.assert_array_equal(pixels, NOISE)
+
+
+@pytest.mark.parametrize(
+    ("case", "png", "shape"),
+    [
+        ("other size", pil_png(SMOOTH), (1, 32, 32)),
+        ("RGB for a greyscale model", pil_png(RGB), (1, 16, 16)),
+        ("greyscale for an RGB model", pil_png(SMOOTH), (3, 28, 28)),
+        ("transparency", pil_png(SMOOTH, transparency=0), (1, 28, 28)),
+        ("palette", pil_png(SMOOTH, bits=4), (1, 28, 28)),
+        ("16-bit", pil_png(SMOOTH.astype(np.uint16) * 257), (1, 28, 28)),
+        ("not a PNG", b"\xff\xd8\xff" + b"\x00" * 40, (1, 28, 28)),
+    ],
+)
+def test_images_that_need_converting_take_the_general_path(
+    case: str, png: bytes, shape: tuple[int, int, int]
+) -> None:
+    assert ready_png_pixels(png, shape, LIMIT) is None, case
+    if case != "not a PNG":  # the general path still converts it
+        assert image_to_tensor(png, shape, "image", LIMIT).shape == (1, *shape)
+
+
+def test_broken_pngs_fall_back_and_keep_their_error_messages() -> None:
+    parts = split_chunks(pil_png(NOISE))  # noise: an IDAT of several hundred bytes
+    ihdr, (_, idat), iend = parts
+    bad_crc = bytearray(join_chunks(parts))
+    bad_crc[8 + 25 + 10] ^= 0xFF  # a byte inside IDAT: its CRC no longer matches
+    cases = {
+        "bad CRC": bytes(bad_crc),
+        "truncated stream": join_chunks([ihdr, (b"IDAT", idat[:300]), iend]),
+        "no IEND": join_chunks([ihdr, (b"IDAT", idat)]),
+        "IDAT before IHDR": join_chunks([(b"IDAT", idat), ihdr, iend]),
+        "IDAT chunks apart": join_chunks(
+            [ihdr, (b"IDAT", idat[:40]), (b"tEXt", b"a\x00b"), (b"IDAT", idat[40:]), iend]
+        ),
+        "cut short": join_chunks(parts)[:-20],
+    }
+    for case, png in cases.items():
+        assert ready_png_pixels(png, (1, 28, 28), LIMIT) is None, case
+    for case in ("bad CRC", "truncated stream"):
+        with pytest.raises(ImageError, match="truncated or corrupt"):
+            image_to_tensor(cases[case], (1, 28, 28), "image", LIMIT)
+
+
+def test_the_pixel_limit_is_checked_before_decoding() -> None:
+    png = pil_png(SMOOTH)
+    assert ready_png_pixels(png, (1, 28, 28), 28 * 28 - 1) is None
+    with pytest.raises(ImageError, match="more than the limit") as err:
+        image_to_tensor(png, (1, 28, 28), "image", 28 * 28 - 1)
+    assert err.value.status == 413
