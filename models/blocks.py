@@ -96,7 +96,8 @@ class ImageConvTranspose2d(nn.ConvTranspose2d):
         b, c_in, h, w = x.shape
         if torch.is_grad_enabled() or output_size is not None or b * h * w < self.MIN_PIXELS:
             return super().forward(x, output_size)
-        c_out = self.out_channels
+        c_out, bias = self.out_channels, self.bias
+        assert bias is not None  # built with one (__init__)
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in)  # [B*H*W, C_in]
         patches = (rows @ self.weight.reshape(c_in, c_out * 16)).view(b, h, w, c_out, 4, 4)
         out = x.new_empty(b, h, 2, w, 2, c_out)  # [B, H, row phase, W, column phase, C_out]
@@ -104,7 +105,7 @@ class ImageConvTranspose2d(nn.ConvTranspose2d):
             for p, col_taps in enumerate(_PHASE_TAPS):
                 phase = out[:, :, a, :, p]  # [B, H, W, C_out]: output pixels (2m + a, 2n + p)
                 (ky, _), (kx, _) = row_taps[0], col_taps[0]  # the d = 0 taps cover every pixel
-                torch.add(patches[..., ky, kx], self.bias, out=phase)
+                torch.add(patches[..., ky, kx], bias, out=phase)
                 for ky, dy in row_taps:
                     for kx, dx in col_taps:
                         if dy or dx:

@@ -56,9 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loading
             await engine.stop()
 
+    # FastAPI asks OpenTelemetry for its global providers on every request unless told not
+    # to (three environment lookups each time, ~6% of the event loop's time in the profile)
+    otel = settings.opentelemetry
     app = FastAPI(
         title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
         docs_url="/docs", openapi_url="/openapi.json", redoc_url=None,
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )  # fmt: skip
     app.state.latentserve = state
     errors.install(app)

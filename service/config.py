@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         30, ge=0, description="on SIGTERM, time to finish in-flight requests"
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry spans and metrics, for a process whose "
+        "OpenTelemetry SDK is configured (off: no per-request check for one)",
+    )
     demo_page: bool = Field(True, description="serve the demo front end at /")
 
     @field_validator("models", "cors_origins", mode="before")

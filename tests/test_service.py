@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models import corrupt
+from service.config import Settings
 from service.imaging import image_to_tensor
 
-from .conftest import png
+from .conftest import png, start
 
 IMG = png()
 
@@ -696,3 +698,21 @@ def test_class_ends_only_with_seed_ends(client: TestClient) -> None:
     r = client.post("/v1/models/cgan-t/interpolate",
                     json={"latent_a": [0.0] * 8, "latent_b": [1.0] * 8, "class_a": "boot"})  # fmt: skip
     assert r.status_code == 422 and "apply to seed ends" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_fastapi_looks_for_opentelemetry_only_when_asked(
+    weights_dir: Path, enabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    asked = []
+    provider = trace.get_tracer_provider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: asked.append(1) or provider)
+    client = start(Settings(weights_dir=weights_dir, opentelemetry=enabled))
+    try:
+        asked.clear()
+        assert client.get("/v1/models").status_code == 200
+        assert bool(asked) is enabled
+    finally:
+        client.__exit__(None, None, None)
