@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="how long a batch waits for company")
     max_queue: int = Field(2048, ge=1, description="queued requests before 503 + Retry-After")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads for inference")
+    torchscript: bool = Field(
+        True, description="run model calls as TorchScript traces checked against eager ones"
+    )
     png_compress_level: int = Field(
         0, ge=0, le=3, description="ISA-L deflate level of PNG replies (0 fastest, 3 smallest)"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import weakref
 from functools import partial
 
 import torch
@@ -24,6 +25,7 @@ from models.vae import VAE
 from .batching import BatchEngine
 from .config import Settings
 from .registry import LoadedModel
+from .tracing import TracedCall
 
 
 def new_seed() -> int:
@@ -90,6 +92,22 @@ class Operations:
     def __init__(self, engine: BatchEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
+        # each served model's calls, traced on first use (tracing.py); a reload makes a
+        # new LoadedModel, and the old one's traces go with it
+        self._calls: weakref.WeakKeyDictionary[LoadedModel, dict[str, TracedCall]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def call(self, lm: LoadedModel, method: str) -> TracedCall:
+        """``lm.model.<method>`` for the inference thread: a checked trace once it is made."""
+        calls = self._calls.get(lm)
+        if calls is None:
+            calls = self._calls[lm] = {}
+        fn = calls.get(method)
+        if fn is None:
+            label = f"{lm.name}.{method}"
+            fn = calls[method] = TracedCall(lm.model, method, label, self.settings.torchscript)
+        return fn
 
     async def encode(self, lm: LoadedModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
         model = lm.model
@@ -97,14 +115,16 @@ class Operations:
             z, error = await self.engine.run((lm, "invert"), partial(self.invert, model), x)
             return {"latent": z, "reconstruction_error": error}
         if isinstance(model, VAE):
-            mu, log_var = await self.engine.run((lm, "encode"), model.encode_distribution, x)
+            mu, log_var = await self.engine.run(
+                (lm, "encode"), self.call(lm, "encode_distribution"), x
+            )
             return {"latent": mu, "mean": mu, "log_var": log_var}
-        z = await self.engine.run((lm, "encode"), model.encode, x)
+        z = await self.engine.run((lm, "encode"), self.call(lm, "encode"), x)
         assert isinstance(z, torch.Tensor)
         return {"latent": z}
 
     async def decode(self, lm: LoadedModel, z: torch.Tensor) -> torch.Tensor:
-        out = await self.engine.run((lm, "decode"), lm.model.decode, z)
+        out = await self.engine.run((lm, "decode"), self.call(lm, "decode"), z)
         assert isinstance(out, torch.Tensor)
         return out
 
@@ -118,14 +138,14 @@ class Operations:
     async def reconstruct(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         if "reconstruct" not in lm.model.operations:  # a GAN: invert, then decode
             return await self.decode(lm, (await self.encode(lm, x))["latent"])
-        out = await self.engine.run((lm, "reconstruct"), lm.model.reconstruct, x)
+        out = await self.engine.run((lm, "reconstruct"), self.call(lm, "reconstruct"), x)
         assert isinstance(out, torch.Tensor)
         return out
 
     async def classify(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         model = lm.model
         assert isinstance(model, Classifier)
-        out = await self.engine.run((lm, "classify"), model.classify, x)
+        out = await self.engine.run((lm, "classify"), self.call(lm, "classify"), x)
         assert isinstance(out, torch.Tensor)
         return out
 

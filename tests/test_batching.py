@@ -142,18 +142,20 @@ def test_bad_settings_are_refused() -> None:
         BatchEngine(max_batch_size=0)
 
 
-def test_groups_keep_arrival_order_per_key_and_cut_at_max_rows() -> None:
+def test_batches_keep_arrival_order_per_key_and_cut_at_max_rows() -> None:
     from service.batching import _Item
 
     engine = BatchEngine(max_batch_size=4)
     sizes = [("a", 1), ("b", 3), ("a", 2), ("a", 1), ("b", 2), ("a", 1), ("a", 6), ("a", 1)]
-    items = [_Item(key, abs, torch.zeros(n, 1), None) for key, n in sizes]  # type: ignore[arg-type]
-    groups = engine._groups(items)
-    assert [[(it.key, len(it.x)) for it in g] for g in groups] == [
+    engine._pending.extend(_Item(key, abs, torch.zeros(n, 1), None) for key, n in sizes)  # type: ignore[arg-type]
+    batches = []
+    while engine._pending:
+        batches.append([(it.key, len(it.x)) for it in engine._next_batch()])
+    assert batches == [
         [("a", 1), ("a", 2), ("a", 1)],  # 4 rows: full
+        [("b", 3)],  # the oldest request now; b 2 does not fit beside it
+        [("b", 2)],
         [("a", 1)],  # the 6-row request does not fit beside it
         [("a", 6)],  # larger than max_batch_size: runs alone
         [("a", 1)],
-        [("b", 3)],
-        [("b", 2)],
     ]

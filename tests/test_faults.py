@@ -244,12 +244,12 @@ def test_deeply_nested_and_huge_json(limited: TestClient) -> None:
 def test_unexpected_errors_are_generic_500s(
     limited: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = limited.app.state.latentserve.registry.get("ae").model  # type: ignore[attr-defined]
+    from service.tracing import TracedCall
 
-    def explode(x):
+    def explode(self, x):
         raise RuntimeError("secret internal detail at /srv/weights")
 
-    monkeypatch.setattr(model, "reconstruct", explode)
+    monkeypatch.setattr(TracedCall, "__call__", explode)  # the model call, traced or not
     r = limited.post(
         "/v1/models/ae/reconstruct", content=png(), headers={"content-type": "image/png"}
     )

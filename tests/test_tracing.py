@@ -1,0 +1,84 @@
+"""Traced model calls give the eager results, and anything untraceable stays eager."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models import FAMILIES
+from service.tracing import TracedCall
+
+from .factories import TINY, tiny_model
+
+CALLS = {
+    "encode": lambda m: torch.rand(4, *m.image_shape),
+    "decode": lambda m: torch.randn(4, m.latent_dim),
+    "reconstruct": lambda m: torch.rand(4, *m.image_shape),
+    "classify": lambda m: torch.rand(4, *m.image_shape),
+}
+CASES = [
+    (family, method)
+    for family in TINY
+    for method in CALLS
+    if method in FAMILIES[family].operations and not (method == "encode" and family == "gan")
+] + [("vae", "encode_distribution"), ("cvae", "encode_distribution")]
+
+
+def outputs(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+@pytest.mark.parametrize(("family", "method"), CASES)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_every_served_call_traces_and_matches_eager(
+    family: str, method: str, shape: tuple[int, int, int]
+) -> None:
+    model = tiny_model(family, image_shape=shape, seed=3)
+    make = CALLS.get(method, CALLS["encode"])
+    torch.manual_seed(0)
+    call = TracedCall(model, method, f"{family}.{method}")
+    with torch.inference_mode():
+        first = make(model)
+        call(first)
+        assert call.state == "traced"
+        for n in (4, 1, 7):  # the traced batch size and others
+            x = torch.cat([first] * 2)[:n]
+            for got, expected in zip(outputs(call(x)), outputs(call.eager(x)), strict=True):
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_untraceable_call_stays_eager_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("ae")
+    model.scaled = lambda x: x * float(x.mean())  # type: ignore[attr-defined]  # a Python float
+    call = TracedCall(model, "scaled", "ae.scaled")
+    x, y = torch.ones(2, 3), torch.full((2, 3), 2.0)
+    with caplog.at_level(logging.WARNING, "latentserve.tracing"), torch.inference_mode():
+        assert torch.equal(call(x), x)
+        assert torch.equal(call(y), y * 2)  # a trace would have fixed the factor at 1
+    assert call.state == "eager"
+    assert "ae.scaled stays eager" in caplog.text
+
+
+def test_disabled_tracing_and_other_shapes_run_eagerly() -> None:
+    model = tiny_model("ae")
+    off = TracedCall(model, "reconstruct", "ae.reconstruct", enabled=False)
+    on = TracedCall(model, "reconstruct", "ae.reconstruct")
+    with torch.inference_mode():
+        off(torch.rand(2, 1, 28, 28))
+        on(torch.rand(2, 1, 28, 28))
+        assert (off.state, on.state) == ("eager", "traced")
+        with pytest.raises(ValueError, match=r"expected images of shape \[B, 1, 28, 28\]"):
+            on(torch.rand(2, 1, 32, 32))  # the model's own check, not the trace's error
+
+
+def test_the_service_serves_through_traces(client: TestClient) -> None:
+    from .conftest import png
+
+    reply = client.post("/v1/models/ae-t/reconstruct", files={"image": png()}, data={})
+    assert reply.status_code == 200
+    operations = client.app.state.latentserve.operations  # type: ignore[attr-defined]
+    lm = client.app.state.latentserve.registry.get("ae-t")  # type: ignore[attr-defined]
+    assert operations.call(lm, "reconstruct").state == "traced"
