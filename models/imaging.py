@@ -49,6 +49,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return arr.astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """x float [B, C, H, W] in [0, 1] -> uint8 [B, H, W, C]: ``to_uint8``'s numbers in torch.
+
+    For a whole batch at once (the service converts each forward pass's output on its
+    inference thread): rounded half to even, clamped, NaN -> 0, +-inf -> 255 / 0.
+    """
+    pixels = x.nan_to_num(0.0).mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous()
+
+
 def to_pil(arr: np.ndarray) -> Image.Image:
     """uint8 [H, W, C] with C = 1 or 3 -> a PIL image in mode 'L' or 'RGB'."""
     return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)

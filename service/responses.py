@@ -54,8 +54,12 @@ def image_reply(
     extra: dict[str, Any] | None = None,
 ) -> Response:
     """Render named image batches (the first is the main result) in the chosen format;
-    ``extra`` fields go into JSON replies only."""
+    ``extra`` fields go into JSON replies only. A batch is float [B, C, H, W] in [0, 1],
+    or for JSON replies also uint8 pixels [B, H, W, C] (``Operations``' ``pixels=True``)."""
     main = next(iter(images.values()))
+    pixels = main.dtype == torch.uint8
+    if fmt != "json" and any(batch.dtype == torch.uint8 for batch in images.values()):
+        raise ValueError(f"format {fmt!r} needs float images; ask for pixels only for JSON")
     headers = {
         f"X-Latentserve-{k.replace('_', '-').title()}": str(v)
         for k, v in meta.items()
@@ -74,11 +78,14 @@ def image_reply(
         if fmt == "array":
             value: Any = [img.tolist() for img in batch]
         else:
-            value = [data_url(encode_png(px, compress_level)) for px in to_uint8(batch)]
+            arrays = batch.numpy() if batch.dtype == torch.uint8 else to_uint8(batch)
+            value = [data_url(encode_png(px, compress_level)) for px in arrays]
         if single:
             body[name] = value[0]
         else:
             body[name] = value
-    body["shape"] = list(main.shape[1:])
+    body["shape"] = (
+        [main.shape[3], main.shape[1], main.shape[2]] if pixels else list(main.shape[1:])
+    )
     body["count"] = len(main)
     return JSONResponse(body)

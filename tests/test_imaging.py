@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from service import imaging
@@ -135,3 +136,39 @@ def test_the_pixel_limit_is_checked_before_decoding() -> None:
     with pytest.raises(ImageError, match="more than the limit") as err:
         image_to_tensor(png, (1, 28, 28), "image", 28 * 28 - 1)
     assert err.value.status == 413
+
+
+def test_to_pixels_gives_to_uint8s_numbers() -> None:
+    from models.imaging import to_pixels, to_uint8
+
+    x = torch.rand(5, 3, 8, 8) * 1.4 - 0.2  # beyond both ends too
+    x[0, 0, 0, :6] = torch.tensor(
+        [float("nan"), float("inf"), -float("inf"), 0.5 / 255, 1.5 / 255, 254.5 / 255]
+    )  # NaN, infinities and halves (rounded to even)
+    assert np.array_equal(to_pixels(x).numpy(), to_uint8(x))
+
+
+def test_json_replies_from_batch_pixels_match_png_replies(client: TestClient) -> None:
+    import base64
+
+    from .conftest import png
+
+    for path, kwargs in [
+        ("/v1/models/ae-t/reconstruct", {"files": {"image": png()}}),
+        ("/v1/models/vae-t/generate", {"json": {"n": 3, "seed": 5}}),
+        ("/v1/models/gan-t/decode", {"json": {"latent": [0.1, -0.2, 0.3, 0.0, 1.0]}}),
+    ]:
+        as_json = client.post(path, **kwargs)
+        as_png = client.post(path + "?format=png", **kwargs)
+        assert as_json.status_code == as_png.status_code == 200, path
+        reply = as_json.json()
+        urls = reply.get("images") or [reply["image"]]
+        first = base64.b64decode(urls[0].split(",", 1)[1])
+        json_pixels = np.asarray(Image.open(io.BytesIO(first)))
+        png_pixels = np.asarray(Image.open(io.BytesIO(as_png.content)))
+        if len(urls) == 1:
+            np.testing.assert_array_equal(json_pixels, png_pixels)
+        else:  # the PNG reply is a grid with a 2-pixel border: its first tile
+            h, w = json_pixels.shape[:2]
+            np.testing.assert_array_equal(json_pixels, png_pixels[2 : 2 + h, 2 : 2 + w])
+        assert reply["shape"][1:] == list(json_pixels.shape[:2])

@@ -108,7 +108,8 @@ async def decode(
     params = validate(DecodeParams, (await parse_request(request)).params)
     rows = [params.latent] if params.latent is not None else params.latents or []
     field = "latent" if params.latent is not None else "latents"
-    images = await state.operations.decode(lm, check_latents(lm, rows, field))
+    z = check_latents(lm, rows, field)
+    images = await state.operations.decode(lm, z, pixels=fmt == "json")
     meta = {"model": name, "timing_ms": ms(started)}
     return image_reply(
         fmt, {"images": images}, meta, state.settings.png_compress_level, single=False
@@ -127,7 +128,7 @@ async def reconstruct(
     lm = find_model(state, name, "reconstruct")
     fmt = choose_format(request, IMAGE_FORMATS)
     _, x = await one_image(state, lm, request, ImageParams)
-    out = await state.operations.reconstruct(lm, x)
+    out = await state.operations.reconstruct(lm, x, pixels=fmt == "json")
     meta = {"model": name, "timing_ms": ms(started)}
     return image_reply(fmt, {"image": out}, meta, state.settings.png_compress_level, single=True)
 
@@ -149,7 +150,7 @@ async def denoise(
         seed = params.noise_seed if params.noise_seed is not None else new_seed()
         x = state.operations.corrupt(x, params.noise_kind, params.noise_level, seed)
         meta.update(noise_kind=params.noise_kind, noise_level=params.noise_level, noise_seed=seed)
-    out = await state.operations.reconstruct(lm, x)
+    out = await state.operations.reconstruct(lm, x, pixels=fmt == "json")
     images = {"image": out, "input": x} if params.include_input else {"image": out}
     meta["timing_ms"] = ms(started)
     return image_reply(fmt, images, meta, state.settings.png_compress_level, single=True)
@@ -299,7 +300,9 @@ async def generate(
         raise HTTPException(422, f"n: at most {state.settings.max_n}, got {params.n}")
     label = class_index(lm, params.class_, "class")
     seed = params.seed if params.seed is not None else new_seed()
-    images = await state.operations.generate(lm, params.n, seed, params.temperature, label)
+    images = await state.operations.generate(
+        lm, params.n, seed, params.temperature, label, pixels=fmt == "json"
+    )
     meta: dict[str, Any] = {"model": name, "seed": seed, "temperature": params.temperature}
     if label is not None:
         meta["class"] = lm.class_names[label]
