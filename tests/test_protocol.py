@@ -1,0 +1,131 @@
+"""The coalescing HTTP protocol: one write per loop step, and HTTP behaves as before."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from service.protocol import CoalescedWrites, CoalescingHttpToolsProtocol
+
+BIG = bytes(range(256)) * 20_000  # 5 MB: more than the socket buffers hold at once
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def test_writes_of_one_loop_step_leave_as_one() -> None:
+    async def main() -> FakeTransport:
+        fake = FakeTransport()
+        writes = CoalescedWrites(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+        writes.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        writes.write(b"body")
+        assert fake.writes == [] and writes.get_write_buffer_size() == 23
+        await asyncio.sleep(0)  # the end of this step
+        assert fake.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        writes.write(b"last")
+        writes.close()  # flushes first
+        assert fake.writes[-1] == b"last" and fake.closed
+        writes.write(b"after close")
+        await asyncio.sleep(0)
+        assert fake.writes[-1] == b"last"  # nothing is written to a closing transport
+        assert writes.get_extra_info("peername") == "info:peername"
+        return fake
+
+    asyncio.run(main())
+
+
+async def app(scope, receive, send) -> None:
+    assert scope["type"] == "http"
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/big":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(BIG)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": BIG})
+    elif scope["path"] == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body) + 5).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"echo " + body})
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(app, port=port, http=CoalescingHttpToolsProtocol, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_keep_alive_requests_get_whole_replies(base_url: str) -> None:
+    with httpx.Client(base_url=base_url) as client:
+        for i in range(20):
+            r = client.post("/echo", content=f"request {i}".encode())
+            assert (r.status_code, r.text) == (201, f"echo request {i}")
+            assert r.headers["content-type"] == "text/plain"
+
+
+def test_a_large_reply_arrives_whole(base_url: str) -> None:
+    r = httpx.get(f"{base_url}/big", timeout=30)
+    assert r.status_code == 200 and r.content == BIG
+
+
+def test_a_streamed_reply_arrives_whole(base_url: str) -> None:
+    r = httpx.get(f"{base_url}/stream")
+    assert r.text == "one two three" and r.headers["transfer-encoding"] == "chunked"
+
+
+def test_connection_close_and_expect_continue(base_url: str) -> None:
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")  # fmt: skip
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(b"hello")
+        reply = b""
+        while chunk := s.recv(65536):  # the server closes after the reply
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 201") and reply.endswith(b"\r\n\r\necho hello")
