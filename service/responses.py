@@ -55,22 +55,26 @@ def image_reply(
 ) -> Response:
     """Render named image batches (the first is the main result) in the chosen format;
     ``extra`` fields go into JSON replies only. A batch is float [B, C, H, W] in [0, 1],
-    or for JSON replies also uint8 pixels [B, H, W, C] (``Operations``' ``pixels=True``)."""
+    or uint8 pixels [B, H, W, C] (``Operations``' ``pixels=True``) for JSON replies and
+    for a PNG of one image."""
     main = next(iter(images.values()))
     pixels = main.dtype == torch.uint8
-    if fmt != "json" and any(batch.dtype == torch.uint8 for batch in images.values()):
-        raise ValueError(f"format {fmt!r} needs float images; ask for pixels only for JSON")
+    if any(batch.dtype == torch.uint8 for batch in images.values()) and not (
+        fmt == "json" or (fmt == "png" and pixels and len(main) == 1)
+    ):
+        raise ValueError(f"format {fmt!r} needs float images here; pixels are for JSON or one PNG")
     headers = {
         f"X-Latentserve-{k.replace('_', '-').title()}": str(v)
         for k, v in meta.items()
         if isinstance(v, int | float | str)
     }
     if fmt == "png":
-        return Response(
-            png_bytes(main if len(main) > 1 else main[0], compress_level),
-            media_type="image/png",
-            headers=headers,
+        png = (
+            encode_png(main[0].numpy(), compress_level)
+            if pixels
+            else png_bytes(main if len(main) > 1 else main[0], compress_level)
         )
+        return Response(png, media_type="image/png", headers=headers)
     if fmt == "gif":
         return Response(gif_bytes(main), media_type="image/gif", headers=headers)
     body: dict[str, Any] = {**meta, **(extra or {})}

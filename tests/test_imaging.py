@@ -148,27 +148,36 @@ def test_to_pixels_gives_to_uint8s_numbers() -> None:
     assert np.array_equal(to_pixels(x).numpy(), to_uint8(x))
 
 
-def test_json_replies_from_batch_pixels_match_png_replies(client: TestClient) -> None:
+def test_replies_from_batch_pixels_match_the_float_images(client: TestClient) -> None:
+    """JSON and single-image PNG replies come from pixels converted per batch (to_pixels);
+    raw arrays and PNG grids from the float images (to_uint8). All agree."""
     import base64
 
+    from models.imaging import to_uint8
+
     from .conftest import png
+
+    def decoded(data: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(data)))
 
     for path, kwargs in [
         ("/v1/models/ae-t/reconstruct", {"files": {"image": png()}}),
         ("/v1/models/vae-t/generate", {"json": {"n": 3, "seed": 5}}),
         ("/v1/models/gan-t/decode", {"json": {"latent": [0.1, -0.2, 0.3, 0.0, 1.0]}}),
     ]:
-        as_json = client.post(path, **kwargs)
-        as_png = client.post(path + "?format=png", **kwargs)
-        assert as_json.status_code == as_png.status_code == 200, path
-        reply = as_json.json()
+        replies = {f: client.post(f"{path}?format={f}", **kwargs) for f in ("json", "png", "array")}
+        assert [r.status_code for r in replies.values()] == [200] * 3, path
+        reply, array = replies["json"].json(), replies["array"].json()
         urls = reply.get("images") or [reply["image"]]
-        first = base64.b64decode(urls[0].split(",", 1)[1])
-        json_pixels = np.asarray(Image.open(io.BytesIO(first)))
-        png_pixels = np.asarray(Image.open(io.BytesIO(as_png.content)))
+        floats = torch.tensor(array.get("images") or [array["image"]])  # [n, C, H, W]
+        expected = to_uint8(floats)  # [n, H, W, C]
+        for url, want in zip(urls, expected, strict=True):
+            got = decoded(base64.b64decode(url.split(",", 1)[1]))
+            np.testing.assert_array_equal(got, want.squeeze(-1))
+        png_pixels = decoded(replies["png"].content)
         if len(urls) == 1:
-            np.testing.assert_array_equal(json_pixels, png_pixels)
-        else:  # the PNG reply is a grid with a 2-pixel border: its first tile
-            h, w = json_pixels.shape[:2]
-            np.testing.assert_array_equal(json_pixels, png_pixels[2 : 2 + h, 2 : 2 + w])
-        assert reply["shape"][1:] == list(json_pixels.shape[:2])
+            np.testing.assert_array_equal(png_pixels, expected[0].squeeze(-1))
+        else:  # a grid with a 2-pixel border: its first tile
+            h, w = expected.shape[1:3]
+            np.testing.assert_array_equal(png_pixels[2 : 2 + h, 2 : 2 + w], expected[0].squeeze(-1))
+        assert reply["shape"] == [expected.shape[3], *expected.shape[1:3]]

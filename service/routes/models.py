@@ -128,7 +128,7 @@ async def reconstruct(
     lm = find_model(state, name, "reconstruct")
     fmt = choose_format(request, IMAGE_FORMATS)
     _, x = await one_image(state, lm, request, ImageParams)
-    out = await state.operations.reconstruct(lm, x, pixels=fmt == "json")
+    out = await state.operations.reconstruct(lm, x, pixels=fmt in ("json", "png"))
     meta = {"model": name, "timing_ms": ms(started)}
     return image_reply(fmt, {"image": out}, meta, state.settings.png_compress_level, single=True)
 
@@ -150,7 +150,7 @@ async def denoise(
         seed = params.noise_seed if params.noise_seed is not None else new_seed()
         x = state.operations.corrupt(x, params.noise_kind, params.noise_level, seed)
         meta.update(noise_kind=params.noise_kind, noise_level=params.noise_level, noise_seed=seed)
-    out = await state.operations.reconstruct(lm, x, pixels=fmt == "json")
+    out = await state.operations.reconstruct(lm, x, pixels=fmt in ("json", "png"))
     images = {"image": out, "input": x} if params.include_input else {"image": out}
     meta["timing_ms"] = ms(started)
     return image_reply(fmt, images, meta, state.settings.png_compress_level, single=True)
