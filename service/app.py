@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .registry import ModelRegistry
 from .reloading import ReloadSignal, follow, load_models
 from .routes import admin, health, models
+
+log = logging.getLogger("latentserve")
 
 STATIC = Path(__file__).parent / "static"
 DESCRIPTION = """Encode, decode, reconstruct, denoise, interpolate and generate images with
@@ -48,11 +51,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await engine.start()
         loading = asyncio.create_task(asyncio.to_thread(load_models, state))
         following = asyncio.create_task(follow(state, signal)) if signal else None
+
+        async def warm_up() -> None:
+            await asyncio.shield(loading)
+            try:
+                traced = await state.operations.warm_up(list(registry.models.values()))
+            except Exception:  # the calls trace on first use instead
+                log.exception("warming up the models failed")
+                return
+            log.info("%d model calls traced ahead of traffic", traced)
+
+        warming = asyncio.create_task(warm_up())
         try:
             yield
         finally:
             if following:
                 following.cancel()
+            warming.cancel()  # unfinished warm-up batches are skipped, requests are not
             await loading
             await engine.stop()
 

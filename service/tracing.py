@@ -8,12 +8,15 @@ thread that runs Python, the eager ae-fashion reconstruct took 8.3 ms per image 
 
 ``torch.jit.trace`` is deprecated in favour of ``torch.compile`` and ``torch.export``, but
 neither gives a call that runs without the GIL unless a C++ compiler builds it at load
-time. So a trace is used only where it is proven: the first batch of each model and
-operation is traced, and the trace must match the eager call on that batch and on one of
-another size and other values (a trace records one path through the Python code: shape
-checks, branches and numbers computed in Python for that input are fixed in it). Any error or mismatch logs a warning and leaves that call
-eager for good. Inputs of another shape than the traced one always run eagerly, so the
-model's own checks still word the errors. ``LATENTSERVE_TORCHSCRIPT=false`` turns it off.
+time. So a trace is used only where it is proven. Each model call is traced on its first
+batch (the service sends one per call once the models are loaded, ``Operations.warm_up``;
+a reloaded model's calls trace on first use), on 16 rows made from that batch, and the
+trace must match the eager call on those rows, on 17 rows of other values and on one row:
+a trace records one path through the Python code, and shape checks, branches and numbers
+computed in Python for that input are fixed in it. Any error or mismatch logs a warning
+and leaves that call eager for good. Inputs of another shape than the traced one always
+run eagerly, so the model's own checks still word the errors.
+``LATENTSERVE_TORCHSCRIPT=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class TracedCall:
     Runs on the engine's single inference thread only, which also does the tracing.
     """
 
+    TRACE_ROWS = 16
+
     def __init__(self, model: nn.Module, method: str, label: str, enabled: bool = True) -> None:
         self.eager: Callable[[torch.Tensor], Output] = getattr(model, method)
         self.model, self.method, self.label = model, method, label
@@ -65,17 +70,21 @@ class TracedCall:
 
     def _trace(self, x: torch.Tensor) -> None:
         self.state = "eager"  # unless everything below succeeds
-        # another batch size and other values: a Python number computed from the input
-        # would be frozen in the trace, and would show here
-        other = torch.cat([x, x[:1]]).flip(0) * 0.5 + 0.25
+        # Traced on TRACE_ROWS rows whatever the first batch held: a branch on the batch
+        # size is fixed in the trace, and it should be the one for batches under load
+        # (models/blocks.py: ImageConvTranspose2d switches at 3 images of 14x14).
+        example = x.repeat(-(-self.TRACE_ROWS // len(x)), *([1] * (x.ndim - 1)))[: self.TRACE_ROWS]
+        # other sizes and other values: a Python number computed from the input would be
+        # frozen in the trace, and would show here
+        other = torch.cat([example, x[:1]]).flip(0) * 0.5 + 0.25
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks
                 traced = torch.jit.trace(
-                    _MethodCall(self.model, self.method).eval(), x, check_trace=False
+                    _MethodCall(self.model, self.method).eval(), example, check_trace=False
                 )
-            for probe in (x, other):
+            for probe in (example, other, x[:1]):
                 _assert_same(traced(probe), self.eager(probe))
         except Exception as exc:  # anything: the eager call stays
             log.warning("%s stays eager: tracing it failed (%s)", self.label, exc)

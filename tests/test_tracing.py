@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from models import FAMILIES
+from service.config import Settings
 from service.tracing import TracedCall
 
+from .conftest import start
 from .factories import TINY, tiny_model
 
 CALLS = {
@@ -82,3 +86,37 @@ def test_the_service_serves_through_traces(client: TestClient) -> None:
     operations = client.app.state.latentserve.operations  # type: ignore[attr-defined]
     lm = client.app.state.latentserve.registry.get("ae-t")  # type: ignore[attr-defined]
     assert operations.call(lm, "reconstruct").state == "traced"
+
+
+def test_a_first_batch_of_one_still_traces_the_batched_path() -> None:
+    model = tiny_model("ae")
+    call = TracedCall(model, "reconstruct", "ae.reconstruct")
+    with torch.inference_mode():
+        x = torch.rand(1, 1, 28, 28)
+        torch.testing.assert_close(call(x), model.reconstruct(x), rtol=1e-5, atol=1e-5)
+    assert call.state == "traced"
+    # traced on 16 rows: the decoder's last layer took its matrix-product path
+    # (ImageConvTranspose2d), not torch's transposed convolution for small inputs
+    graph = str(call._traced.inlined_graph)  # type: ignore[union-attr]
+    assert "aten::matmul" in graph
+
+
+def test_the_service_traces_every_call_before_traffic(weights_dir: Path) -> None:
+    client = start(Settings(weights_dir=weights_dir))
+    try:
+        state = client.app.state.latentserve  # type: ignore[attr-defined]
+        wanted = {
+            ("ae-t", "reconstruct"), ("ae-t", "encode"), ("ae-t", "decode"), ("vae-t", "encode_distribution"),
+            ("gan-t", "decode"), ("cvae-t", "reconstruct"), ("classifier-t", "classify"),
+        }  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {
+                (n, m): state.operations.call(state.registry.get(n), m).state for n, m in wanted
+            }
+            if set(states.values()) == {"traced"}:
+                break
+            time.sleep(0.05)
+        assert set(states.values()) == {"traced"}, states
+    finally:
+        client.__exit__(None, None, None)
