@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return
             log.info("%d model calls traced ahead of traffic", traced)
 
-        warming = asyncio.create_task(warm_up())
+        warming = asyncio.create_task(warm_up() if settings.trace_at_start else asyncio.sleep(0))
         try:
             yield
         finally:

@@ -116,9 +116,10 @@ class Operations:
 
     async def warm_up(self, models: Iterable[LoadedModel]) -> int:
         """Run one small batch of each model's traceable calls, so that their traces exist
-        before the first requests need them (tracing takes ~0.1-0.5 s per call). Returns
-        how many calls are now traced. The batches queue like requests: traffic that
-        arrives meanwhile waits behind at most one of them."""
+        before the first requests need them (tracing takes ~0.1-0.5 s per call, and ~5-10
+        MB each: LATENTSERVE_TRACE_AT_START). Returns how many calls are now traced. The
+        batches queue like requests: traffic that arrives meanwhile waits behind at most
+        one of them."""
         if not self.settings.torchscript:
             return 0
         traced = 0

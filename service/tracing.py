@@ -9,8 +9,8 @@ thread that runs Python, the eager ae-fashion reconstruct took 8.3 ms per image 
 ``torch.jit.trace`` is deprecated in favour of ``torch.compile`` and ``torch.export``, but
 neither gives a call that runs without the GIL unless a C++ compiler builds it at load
 time. So a trace is used only where it is proven. Each model call is traced on its first
-batch (the service sends one per call once the models are loaded, ``Operations.warm_up``;
-a reloaded model's calls trace on first use), on 16 rows made from that batch, and the
+batch (with ``LATENTSERVE_TRACE_AT_START``, the service sends one per call once the
+models are loaded: ``Operations.warm_up``), on 16 rows made from that batch, and the
 trace must match the eager call on those rows, on 17 rows of other values and on one row:
 a trace records one path through the Python code, and shape checks, branches and numbers
 computed in Python for that input are fixed in it. Any error or mismatch logs a warning

@@ -101,8 +101,8 @@ def test_a_first_batch_of_one_still_traces_the_batched_path() -> None:
     assert "aten::matmul" in graph
 
 
-def test_the_service_traces_every_call_before_traffic(weights_dir: Path) -> None:
-    client = start(Settings(weights_dir=weights_dir))
+def test_trace_at_start_traces_every_call_before_traffic(weights_dir: Path) -> None:
+    client = start(Settings(weights_dir=weights_dir, trace_at_start=True))
     try:
         state = client.app.state.latentserve  # type: ignore[attr-defined]
         wanted = {
