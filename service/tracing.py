@@ -61,7 +61,7 @@ class TracedCall:
         self._shape: tuple[int, ...] = ()
 
     def __call__(self, x: torch.Tensor) -> Output:
-        if self.state == "untraced":
+        if self.state == "untraced" and len(x):
             self._trace(x)
         if self._traced is not None and tuple(x.shape[1:]) == self._shape:
             out: Output = self._traced(x)
@@ -98,4 +98,4 @@ def _assert_same(got: Any, expected: Any) -> None:
     if len(got_t) != len(expected_t):
         raise AssertionError(f"{len(got_t)} outputs traced, {len(expected_t)} eager")
     for g, e in zip(got_t, expected_t, strict=True):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, equal_nan=True)
