@@ -36,27 +36,19 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert(target)
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """x float [B, C, H, W] in [0, 1] -> uint8 array [B, H, W, C], rounded half to even.
-
-    In NumPy, in place: for one small image this is half the time of the same steps as
-    torch ops, and the service renders one per request. NaN becomes 0 (fmax ignores NaN).
-    """
-    arr = x.numpy(force=True) * 255  # (detach, cpu in one call) a new float array, ours to modify
-    np.rint(arr, out=arr)
-    np.fmax(arr, 0, out=arr)
-    np.fmin(arr, 255, out=arr)
-    return arr.astype(np.uint8).transpose(0, 2, 3, 1)
-
-
 def to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """x float [B, C, H, W] in [0, 1] -> uint8 [B, H, W, C]: ``to_uint8``'s numbers in torch.
+    """x float [B, C, H, W] in [0, 1] -> uint8 [B, H, W, C]: x * 255 rounded half to even,
+    clamped to 0..255; NaN -> 0, +-inf -> 255 / 0.
 
-    For a whole batch at once (the service converts each forward pass's output on its
-    inference thread): rounded half to even, clamped, NaN -> 0, +-inf -> 255 / 0.
+    The service converts each forward pass's output at once, on its inference thread.
     """
     pixels = x.nan_to_num(0.0).mul(255).round_().clamp_(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous()
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``to_pixels`` as a NumPy array, for any tensor (with gradients, on any device)."""
+    return to_pixels(x.detach()).numpy(force=True)
 
 
 def to_pil(arr: np.ndarray) -> Image.Image:

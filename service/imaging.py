@@ -243,7 +243,7 @@ def encode_png(arr: np.ndarray, compress_level: int = 0) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return b"".join(
         (
-            b"\x89PNG\r\n\x1a\n",
+            PNG_SIGNATURE,
             _png_chunk(b"IHDR", header),
             _png_chunk(b"IDAT", isal_zlib.compress(rows.tobytes(), compress_level)),
             _png_chunk(b"IEND", b""),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -70,9 +71,9 @@ def image_reply(
     }
     if fmt == "png":
         png = (
-            encode_png(main[0].numpy(), compress_level)
-            if pixels
-            else png_bytes(main if len(main) > 1 else main[0], compress_level)
+            png_bytes(main, compress_level)  # a grid
+            if len(main) > 1
+            else encode_png(_pixel_arrays(main)[0], compress_level)
         )
         return Response(png, media_type="image/png", headers=headers)
     if fmt == "gif":
@@ -82,8 +83,7 @@ def image_reply(
         if fmt == "array":
             value: Any = [img.tolist() for img in batch]
         else:
-            arrays = batch.numpy() if batch.dtype == torch.uint8 else to_uint8(batch)
-            value = [data_url(encode_png(px, compress_level)) for px in arrays]
+            value = [data_url(encode_png(px, compress_level)) for px in _pixel_arrays(batch)]
         if single:
             body[name] = value[0]
         else:
@@ -93,3 +93,8 @@ def image_reply(
     )
     body["count"] = len(main)
     return JSONResponse(body)
+
+
+def _pixel_arrays(batch: torch.Tensor) -> np.ndarray:
+    """uint8 [B, H, W, C] for a batch of float images or of pixels."""
+    return batch.numpy() if batch.dtype == torch.uint8 else to_uint8(batch)

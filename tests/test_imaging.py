@@ -138,14 +138,21 @@ def test_the_pixel_limit_is_checked_before_decoding() -> None:
     assert err.value.status == 413
 
 
-def test_to_pixels_gives_to_uint8s_numbers() -> None:
+def test_to_pixels_rounds_half_to_even_clamps_and_zeroes_nan() -> None:
     from models.imaging import to_pixels, to_uint8
 
     x = torch.rand(5, 3, 8, 8) * 1.4 - 0.2  # beyond both ends too
     x[0, 0, 0, :6] = torch.tensor(
         [float("nan"), float("inf"), -float("inf"), 0.5 / 255, 1.5 / 255, 254.5 / 255]
     )  # NaN, infinities and halves (rounded to even)
-    assert np.array_equal(to_pixels(x).numpy(), to_uint8(x))
+    x[0, 0, 1, :3] = torch.tensor([0.5, 0.25, -0.0])  # 127.5 -> 128, 63.75 -> 64 exactly
+    # an independent reference in NumPy: float32 products, rint (half to even), clip
+    scaled = np.nan_to_num(x.numpy(), nan=0.0) * np.float32(255)
+    expected = np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    assert np.array_equal(to_pixels(x).numpy(), expected)
+    assert list(expected[0, 0, :6, 0]) == [0, 255, 0, 0, 2, 254]
+    assert list(expected[0, 1, :3, 0]) == [128, 64, 0]
+    assert np.array_equal(to_uint8(x.requires_grad_()), expected)
 
 
 def test_replies_from_batch_pixels_match_the_float_images(client: TestClient) -> None:
