@@ -22,9 +22,18 @@ def test_round_trip_gives_identical_outputs(family: str, tmp_path: Path) -> None
     loaded = load_model(tmp_path / family)
     assert not loaded.training
     assert loaded.config == model.config
+    # The weights themselves survive bit for bit, whatever layout they are stored in.
+    fresh, back = model.state_dict(), loaded.state_dict()
+    assert fresh.keys() == back.keys()
+    assert all(torch.equal(fresh[k], back[k]) for k in fresh)
     kernels = [p for p in loaded.parameters() if p.dim() == 4]  # conv weights: channels-last
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
     assert kernels or family == "stacked-ae"
+    # Outputs are compared with both models in the same memory format: then the same oneDNN
+    # kernels run on the same numbers and the outputs are identical on any CPU. Across formats
+    # oneDNN may pick other kernels (it does on AVX2-only CPUs: 6e-8 apart), a property of the
+    # CPU and not of the checkpoint, so that comparison is not made here.
+    model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         if family == "classifier":
