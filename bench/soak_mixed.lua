@@ -8,6 +8,16 @@ local function read(name)
 end
 local requests = {}
 local i = 0
+-- SOAK_REQUESTS, when set: after that many replies this thread stops and leaves a file
+-- done-<id> in $SOAK_DIR; bench/soak.py interrupts wrk once every thread has (wrk itself
+-- always sleeps its whole -d, which is then only the upper bound)
+local limit = tonumber(os.getenv("SOAK_REQUESTS") or "")
+local replies = 0
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
 init = function(args)
   for line in io.lines(dir .. "/plan.txt") do
     local path, ctype, file = line:match("^(%S+) (%S+) (%S+)$")
@@ -17,6 +27,16 @@ end
 request = function()
   i = i % #requests + 1
   return requests[i]
+end
+if limit then
+  response = function(status, headers, body)
+    replies = replies + 1
+    if replies == limit then
+      local f = assert(io.open(dir .. "/done-" .. id, "w"))
+      f:close()
+      wrk.thread:stop()
+    end
+  end
 end
 done = function(summary, latency, reqs)
   local e = summary.errors
