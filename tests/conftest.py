@@ -41,7 +41,7 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start(app_settings: Settings) -> TestClient:
     client = TestClient(create_app(app_settings), raise_server_exceptions=False)
     client.__enter__()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a bound for a hung start, not a speed
     while client.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
         if client.app.state.latentserve.registry.loaded_once:  # type: ignore[attr-defined]
             break

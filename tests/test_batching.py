@@ -81,19 +81,21 @@ def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
 
 
 def test_full_queue_answers_at_once() -> None:
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     def slow(x: torch.Tensor) -> torch.Tensor:
-        gate.wait(5)
+        running.set()
+        gate.wait(30)
         return x
 
     async def main():
         engine = BatchEngine(max_batch_size=1, max_queue=2)
         await engine.start()
         first = asyncio.create_task(engine.run("k", slow, torch.zeros(1)))
-        await asyncio.sleep(0.05)  # the first is running, the queue is empty
+        assert await asyncio.to_thread(running.wait, 30)  # the first is running
         queued = [asyncio.create_task(engine.run("k", slow, torch.zeros(1))) for _ in range(2)]
-        await asyncio.sleep(0.01)
+        while engine.depth < 2:  # both queued behind it (states, not a sleep of a guessed length)
+            await asyncio.sleep(0.001)
         with pytest.raises(QueueFull):
             await engine.run("k", slow, torch.zeros(1))
         gate.set()

@@ -21,6 +21,30 @@ from .test_deploy import ROOT, free_port, wait_ready
 GRACE_S = 60
 
 
+def metric(text: str, name: str, contains: str = "") -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and contains in line)  # fmt: skip
+
+
+def wait_all_accepted(base: str, n: int) -> None:
+    """Wait for the state "all n requests accepted, some still queued": each request runs
+    alone (64 rows > the batch size of 8), so queued + answered = n - 1 with one queued or
+    more means the one left is running and none is still on its way in. A state read from
+    the server's metrics, so a slow host only waits longer."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        queued = metric(text, "latentserve_queue_depth")
+        answered = (
+            metric(text, "latentserve_requests_total", 'route="/v1/models/{name}/generate"') - 1
+        )
+        if queued >= 1 and queued + answered == n - 1:
+            return
+        assert answered < n - 1, "the requests finished before the signal could find them running"
+        time.sleep(0.02)
+    raise AssertionError("the requests were never all accepted")
+
+
 def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
     # a model slow enough that requests are still running when the signal arrives
     write_tiny(tmp_path / "slow", "gan", image_shape=(3, 128, 128), width=32)
@@ -40,9 +64,10 @@ def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
             )
             return r.status_code, time.monotonic()
 
+        assert generate(99)[0] == 200  # traced and warm: the 8 below only queue and run
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(generate, i) for i in range(8)]
-            time.sleep(0.5)  # all accepted, most still queued or running
+            wait_all_accepted(base, 8)
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             results = [f.result() for f in futures]
