@@ -13,7 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from .config import Settings
-from .protocol import CoalescingHttpToolsProtocol
+from .protocol import http_protocol
 
 
 def main() -> int:
@@ -42,7 +42,7 @@ def main() -> int:
         atexit.register(os.unlink, name)
     uvicorn.run(
         app,
-        http=CoalescingHttpToolsProtocol,  # uvicorn's httptools protocol, one write per reply
+        http=http_protocol(),  # uvicorn's httptools protocol, one write per reply
         factory=settings.workers > 1,
         workers=settings.workers,
         host=settings.host,

@@ -9,14 +9,31 @@ reconstruct request with two workers: 548-584 -> 529-557 us (bench/README.md).
 
 Nothing else changes: every other transport method (flow control, ``is_closing``, extra
 info) goes straight to uvicorn's transport.
+
+``HttpToolsProtocol`` is private to uvicorn: pyproject.toml pins uvicorn to the range this was
+tested with, ``private_api_problem`` says what moved if a release changes it, and
+``http_protocol`` then falls back to uvicorn's stock protocol (two writes per reply) rather
+than failing to serve. tests/test_protocol.py fails with that message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import uvicorn
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    _import_problem: str | None = None
+except ImportError as exc:  # no httptools, or uvicorn moved its module
+    HttpToolsProtocol = asyncio.Protocol  # type: ignore[assignment,misc]  # a stand-in, never served
+    _import_problem = f"uvicorn.protocols.http.httptools_impl.HttpToolsProtocol: {exc}"
+
+log = logging.getLogger("latentserve.protocol")
 
 
 class CoalescedWrites:
@@ -56,3 +73,25 @@ class CoalescedWrites:
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
+
+
+def private_api_problem() -> str | None:
+    """What of uvicorn's private protocol API this module needs and no longer finds, or None."""
+    where = f"uvicorn {uvicorn.__version__}"
+    if _import_problem is not None:
+        return f"{where}: {_import_problem}"
+    made = list(inspect.signature(HttpToolsProtocol.connection_made).parameters)
+    if made != ["self", "transport"]:
+        return f"{where}: HttpToolsProtocol.connection_made takes {made}, not (self, transport)"
+    if "self.loop =" not in inspect.getsource(HttpToolsProtocol.__init__):
+        return f"{where}: HttpToolsProtocol no longer keeps its event loop as self.loop"
+    return None
+
+
+def http_protocol() -> type[asyncio.Protocol] | str:
+    """The protocol class for ``uvicorn.run(http=...)``: ours where uvicorn's API is as tested."""
+    problem = private_api_problem()
+    if problem is None:
+        return CoalescingHttpToolsProtocol
+    log.warning("%s; serving with uvicorn's own protocol (two writes per reply)", problem)
+    return "auto"  # httptools where installed, else h11

@@ -20,10 +20,9 @@ from training.data import (
     synthetic,
 )
 
-needs_fashion = pytest.mark.skipif(
-    not FASHION_MNIST_DIR.exists() and not __import__("os").environ.get("CI"),
-    reason="apt-get install dataset-fashion-mnist",
-)
+from .system import needs
+
+needs_fashion = needs("dataset-fashion-mnist")
 
 
 @needs_fashion

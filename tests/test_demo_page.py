@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from .system import needs
 from .test_deploy import ROOT, free_port, wait_ready
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
@@ -23,9 +24,7 @@ SHOTS = Path(os.environ.get("LATENTSERVE_SCREENSHOTS", ROOT / "runs" / "screensh
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]  # fmt: skip
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"), reason="apt-get install chromium"
-)
+pytestmark = needs("chromium")
 
 RANGE_JS = """async (selector) => {
   const img = document.querySelector(selector);

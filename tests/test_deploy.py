@@ -22,10 +22,10 @@ import pytest
 
 from .conftest import png
 from .factories import write_tiny
+from .system import require
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-IN_CI = bool(os.environ.get("CI"))
 
 
 def free_port() -> int:
@@ -127,6 +127,7 @@ def public_root() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def image_venv(public_root: Path) -> Path:
     """The image's build stage, outside Docker: copy what the Dockerfile copies, run install.sh."""
+    require("python3-venv")
     root = public_root
     src = root / "src"
     for item in re.findall(r"^COPY (?!--)(.+) /src/", (ROOT / "Dockerfile").read_text(), re.M):
@@ -236,10 +237,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 @pytest.fixture
 def topology(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[str]], list[int]]]:
-    if not Path(NGINX).exists():
-        if IN_CI:
-            pytest.fail("nginx is missing: .ci/run installs Debian's nginx-light")
-        pytest.skip("nginx not installed (apt-get install nginx-light)")
+    require("nginx-light")
     weights = tmp_path / "weights"
     write_tiny(weights / "ae-t", "ae")
     ports = [free_port(), free_port()]

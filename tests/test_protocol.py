@@ -12,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
+from service import protocol
 from service.protocol import CoalescedWrites, CoalescingHttpToolsProtocol
 
 BIG = bytes(range(256)) * 20_000  # 5 MB: more than the socket buffers hold at once
@@ -129,3 +130,19 @@ def test_connection_close_and_expect_continue(base_url: str) -> None:
         while chunk := s.recv(65536):  # the server closes after the reply
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 201") and reply.endswith(b"\r\n\r\necho hello")
+
+
+def test_uvicorns_private_protocol_api_is_as_tested() -> None:
+    problem = protocol.private_api_problem()
+    assert problem is None, (
+        f"{problem}. service/protocol.py subclasses this private class: keep uvicorn in the "
+        "range pinned in pyproject.toml, or adapt protocol.py to the new release"
+    )
+    assert protocol.http_protocol() is CoalescingHttpToolsProtocol
+
+
+def test_a_moved_api_falls_back_to_uvicorns_own_protocol(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(protocol, "_import_problem", "No module named 'httptools'")
+    assert "No module named 'httptools'" in (protocol.private_api_problem() or "")
+    assert protocol.http_protocol() == "auto"
+    assert "two writes per reply" in caplog.text

@@ -3,20 +3,15 @@ they take (a slow host takes longer; only errors and memory are judged, never sp
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
-
-import pytest
 
 from bench.soak import soak
 
 from .factories import write_tiny
+from .system import needs
 
 
-@pytest.mark.skipif(
-    shutil.which("wrk") is None and not os.environ.get("CI"), reason="apt-get install wrk"
-)
+@needs("wrk")
 def test_short_soak_has_no_errors_and_flat_memory(tmp_path: Path) -> None:
     for family in ("ae", "vae", "gan", "dae", "classifier"):
         write_tiny(tmp_path / f"{family}-t", family)
