@@ -9,6 +9,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # dependencies first, code after: editing the code does not reinstall torch
 COPY deploy/install.sh /src/deploy/install.sh
+COPY requirements/runtime.lock /src/requirements/runtime.lock
 COPY pyproject.toml README.md /src/
 COPY models /src/models
 COPY service /src/service

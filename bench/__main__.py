@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from models import load_model
+from training.extras import require
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -231,6 +232,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--generate-model", default="gan-fashion")
     args = parser.parse_args()
+    # the plot needs matplotlib (train extra), the LitServe peer the bench extra: say so now,
+    # not after a quarter of an hour of measuring
+    require("python -m bench", "train", *(["bench"] if "litserve" in args.servers else []))
     if shutil.which("wrk") is None:
         print("bench: wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
