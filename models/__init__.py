@@ -9,7 +9,6 @@ save_model(model, "somewhere/")             # config.json + model.safetensors
 from . import autoencoder, cgan, classifier, cvae, denoising, gan, sparse, stacked, vae
 from .base import (
     FAMILIES,
-    OPERATIONS,
     ConfigError,
     LatentModel,
     ModelConfig,
@@ -17,15 +16,32 @@ from .base import (
 )
 from .checkpoint import CheckpointError, load_model, read_config, save_model
 from .denoising import NOISE_KINDS, corrupt
+from .operations import (
+    OPERATIONS,
+    ClassifyOutput,
+    DeclarationError,
+    EncodeOutput,
+    ImageOutput,
+    ModelOutput,
+    Op,
+    SearchBudget,
+)
 
 __all__ = [
     "FAMILIES",
     "NOISE_KINDS",
     "OPERATIONS",
     "CheckpointError",
+    "ClassifyOutput",
     "ConfigError",
+    "DeclarationError",
+    "EncodeOutput",
+    "ImageOutput",
     "LatentModel",
     "ModelConfig",
+    "ModelOutput",
+    "Op",
+    "SearchBudget",
     "autoencoder",
     "build_model",
     "cgan",

@@ -16,12 +16,13 @@ from .base import (
     ConfigError,
     LatentModel,
     ModelConfig,
+    check_code_shape,
     check_images,
-    check_latents,
     check_positive,
     register,
 )
 from .blocks import ConvDecoder, ConvEncoder, spatial_code_channels
+from .operations import Op
 
 
 @dataclasses.dataclass
@@ -45,7 +46,12 @@ class AutoencoderConfig(ModelConfig):
 class Autoencoder(LatentModel):
     family = "ae"
     config_class = AutoencoderConfig
-    operations = frozenset({"encode", "decode", "reconstruct"})
+    operations = {
+        "encode": Op("encode"),  # x [B, C, H, W] -> z [B, K]
+        "decode": Op("decode"),  # z [B, K] -> x [B, C, H, W]
+        "reconstruct": Op("reconstruct"),
+    }
+    example_config = {"latent_dim": 4, "width": 4}
     config: AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig) -> None:
@@ -66,7 +72,7 @@ class Autoencoder(LatentModel):
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, latent_dim] -> logits [B, C, H, W]; the loss works on these."""
-        check_latents(self, z)
+        check_code_shape(self, z)
         return self.decoder(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 A model is an ``nn.Module`` built from one config dataclass. The config is all that is
 needed to rebuild it (the diffusers habit): ``save_model`` writes it as ``config.json``
 beside the weights, ``load_model`` reads it back. Families register themselves with
-``@register`` so the loader can find them by the ``family`` string in that file.
+``@register`` so the loader can find them by the ``family`` string in that file; what a family
+can do is its ``operations`` declaration (operations.py), checked when it registers.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-ImageShape = tuple[int, int, int]
+from .operations import ModelOutput, Op, check_declaration, wrap_output
 
-#: Operations the service can ask of a model; each family declares the ones it supports.
-OPERATIONS = ("encode", "decode", "reconstruct", "sample", "classify", "invert")
+ImageShape = tuple[int, int, int]
 
 
 class ConfigError(ValueError):
@@ -88,13 +88,19 @@ def check_range(name: str, value: Any, low: float, high: float) -> None:
 class LatentModel(nn.Module):
     """Base of every family: holds the config and answers the shared questions.
 
-    Subclasses implement the operations named in ``operations``; calling one that the
-    family does not support raises ``NotImplementedError`` naming what it does support.
+    A family declares ``operations`` (API operation -> ``Op``: the method that does it), an
+    ``example_config`` (the smallest config that builds, for the contract tests and docs) and,
+    if its code carries a class, ``conditional = True``. ``run`` calls an operation by name.
     """
 
     family: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
-    operations: ClassVar[frozenset[str]]
+    operations: ClassVar[dict[str, Op]]
+    example_config: ClassVar[dict[str, Any]] = {}
+    conditional: ClassVar[bool] = False
+    #: what sample_latent draws codes from, for clients that explore the code by hand
+    #: ("normal": N(0, I) in every unit); None for a model without a prior
+    latent_prior: ClassVar[str | None] = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -113,27 +119,52 @@ class LatentModel(nn.Module):
     def latent_dim(self) -> int:
         return self.config.latent_dim
 
+    @property
+    def class_names(self) -> list[str]:
+        """The classes a conditional model generates, by index; [] for the others."""
+        return list(getattr(self.config, "class_names", ()) or ())
+
+    def run(self, operation: str, x: torch.Tensor, **options: Any) -> ModelOutput:
+        """Call a declared operation on a batch and wrap its result in the typed output."""
+        op = self.operations.get(operation)
+        if op is None:
+            raise self._unsupported(operation)
+        return wrap_output(operation, op, getattr(self, op.method)(x, **options))
+
     def _unsupported(self, operation: str) -> NotImplementedError:
         return NotImplementedError(
             f"{self.family} models do not support {operation}; "
             f"they support: {', '.join(sorted(self.operations)) or 'nothing'}"
         )
 
+    def _no_method(self, name: str) -> NotImplementedError:
+        declared = self.operations.get(name)
+        hint = (
+            f"; its {name} operation is {declared.method}: use run({name!r}, x)" if declared else ""
+        )
+        return NotImplementedError(f"{self.family} models have no {name} method{hint}")
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        raise self._unsupported("encode")
+        raise self._no_method("encode")
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise self._unsupported("decode")
+        raise self._no_method("decode")
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        raise self._unsupported("reconstruct")
+        raise self._no_method("reconstruct")
 
     def sample_latent(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw ``n`` codes from the prior N(0, temperature^2 I): [n, latent_dim]."""
-        if "sample" not in self.operations:
-            raise self._unsupported("sample")
+        if "generate" not in self.operations:
+            raise self._unsupported("generate")
+        if labels is not None:
+            raise ValueError(f"{self.family} models are not class-conditional; give no labels")
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
         device = next(self.parameters()).device
@@ -145,10 +176,18 @@ class LatentModel(nn.Module):
         return torch.randn(n, self.latent_dim, generator=generator)
 
     def sample(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draw ``n`` images from the model: [n, C, H, W] in [0, 1]."""
-        return self.decode(self.sample_latent(n, generator, temperature))
+        """Draw ``n`` images through the declared ``generate``: [n, C, H, W] in [0, 1]."""
+        op = self.operations.get("generate")
+        if op is None or op.prepare is None:
+            raise self._unsupported("generate")
+        drawn = getattr(self, op.prepare)(n, generator, temperature, labels)
+        return getattr(self, op.method)(drawn)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -159,9 +198,13 @@ M = TypeVar("M", bound=type[LatentModel])
 
 
 def register(cls: M) -> M:
-    """Class decorator adding a family to ``FAMILIES`` under its ``family`` name."""
-    if cls.family in FAMILIES:
+    """Class decorator adding a family to ``FAMILIES`` under its ``family`` name, after
+    checking its declaration (``DeclarationError`` says what is missing)."""
+    if not isinstance(getattr(cls, "family", None), str) or not cls.family:
+        raise TypeError(f"{cls.__name__} needs a family name (family = '...')")
+    if cls.family in FAMILIES and FAMILIES[cls.family] is not cls:
         raise RuntimeError(f"family {cls.family!r} registered twice")
+    check_declaration(cls, cls.operations, cls.example_config)
     FAMILIES[cls.family] = cls
     return cls
 
@@ -169,7 +212,14 @@ def register(cls: M) -> M:
 def build_model(family: str, config: dict[str, Any] | ModelConfig) -> LatentModel:
     """Construct a fresh (untrained) model of ``family`` from a config or a dict."""
     if family not in FAMILIES:
-        raise ConfigError(f"unknown family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+        from .plugins import FAILED, load_plugins  # an installed package may provide it
+
+        load_plugins()
+        if family not in FAMILIES:
+            broken = f"; plugins that failed to load: {', '.join(sorted(FAILED))}" if FAILED else ""
+            raise ConfigError(
+                f"unknown family {family!r}; known: {', '.join(sorted(FAMILIES))}{broken}"
+            )
     cls = FAMILIES[family]
     cfg = config if isinstance(config, ModelConfig) else cls.config_class.from_dict(config)
     return cls(cfg)
@@ -184,7 +234,7 @@ def check_images(model: LatentModel, x: torch.Tensor) -> None:
         )
 
 
-def check_latents(model: LatentModel, z: torch.Tensor) -> None:
+def check_code_shape(model: LatentModel, z: torch.Tensor) -> None:
     """Raise ValueError unless ``z`` is [B, latent_dim]."""
     if z.ndim != 2 or z.shape[1] != model.latent_dim:
         raise ValueError(f"expected latents of shape [B, {model.latent_dim}], got {list(z.shape)}")

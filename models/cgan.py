@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .base import LatentModel, check_images, check_latents, check_range, register
+from .base import LatentModel, check_code_shape, check_images, check_range, register
 from .blocks import stage_plan
 from .conditioning import ConditionalCode, check_class_names
 from .gan import GAN, Critic, GANConfig, Generator
@@ -67,7 +67,8 @@ class ProjectionCritic(nn.Module):
 class ConditionalGAN(ConditionalCode, GAN):
     family = "cgan"
     config_class = CGANConfig
-    operations = frozenset({"decode", "sample", "invert"})
+    example_config = {"latent_dim": 5, "width": 4, "class_names": ["boot", "sandal", "bag"],
+                      "aux_class_weight": 1.0}  # fmt: skip  # the AC-GAN head, as cgan-fashion ships
     config: CGANConfig
 
     def __init__(self, config: CGANConfig) -> None:
@@ -81,7 +82,7 @@ class ConditionalGAN(ConditionalCode, GAN):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """code [B, K + num_classes] -> x [B, C, H, W] in [0, 1]."""
-        check_latents(self, z)
+        check_code_shape(self, z)
         return (self.generator(z) + 1) / 2
 
     def criticize(  # type: ignore[override]

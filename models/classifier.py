@@ -16,6 +16,7 @@ from torch import nn
 
 from .base import ConfigError, LatentModel, ModelConfig, check_images, check_positive, register
 from .blocks import ConvEncoder
+from .operations import Op
 
 
 @dataclasses.dataclass
@@ -37,7 +38,8 @@ class ClassifierConfig(ModelConfig):
 class Classifier(LatentModel):
     family = "classifier"
     config_class = ClassifierConfig
-    operations = frozenset({"classify"})
+    operations = {"classify": Op("classify")}  # x [B, C, H, W] -> probabilities [B, classes]
+    example_config = {"latent_dim": 8, "width": 4, "class_names": ["a", "b", "c"]}
     config: ClassifierConfig
 
     def __init__(self, config: ClassifierConfig) -> None:

@@ -27,6 +27,9 @@ def check_class_names(names: tuple[str, ...]) -> tuple[str, ...]:
 class ConditionalCode(LatentModel):
     """Mixin for models whose code is ``[z [K], class weights [num_classes]]``."""
 
+    conditional = True
+    latent_prior = "normal, then one weight per class"
+
     @property
     def num_classes(self) -> int:
         return len(self.config.class_names)  # type: ignore[attr-defined]

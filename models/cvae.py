@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentModel, check_images, check_latents, check_range, register
+from .base import LatentModel, check_code_shape, check_images, check_range, register
 from .blocks import ConvDecoder, ConvEncoder
 from .conditioning import ConditionalCode, check_class_names
+from .operations import Op
 from .vae import VAE, VAEConfig
 
 
@@ -53,7 +54,14 @@ class CVAEConfig(VAEConfig):
 class ConditionalVAE(ConditionalCode, VAE):
     family = "cvae"
     config_class = CVAEConfig
-    operations = frozenset({"encode", "decode", "reconstruct", "sample"})
+    operations = {
+        # the latent is the whole decodable code [mu, y_hat]; mean and log_var are of z alone
+        "encode": Op("encode_posterior", returns=("latent", "mean", "log_var")),
+        "decode": Op("decode"),
+        "reconstruct": Op("reconstruct"),
+        "generate": Op("decode", prepare="sample_latent"),
+    }
+    example_config = {"latent_dim": 3, "width": 4, "class_names": ["boot", "sandal", "bag"]}
     config: CVAEConfig
 
     def __init__(self, config: CVAEConfig) -> None:
@@ -86,6 +94,11 @@ class ConditionalVAE(ConditionalCode, VAE):
         mu, log_var, _ = self.encode_parts(x)
         return mu, log_var
 
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x -> (code [B, K + num_classes] as ``encode`` gives it, mu [B, K], log_var [B, K])."""
+        mu, log_var, logits = self.encode_parts(x)
+        return torch.cat([mu, torch.softmax(logits, dim=1)], dim=1), mu, log_var
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] -> code [B, K + num_classes]: [mu(x, y_hat), y_hat = softmax(logits)]."""
         mu, _, logits = self.encode_parts(x)
@@ -93,7 +106,7 @@ class ConditionalVAE(ConditionalCode, VAE):
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """code [B, K + num_classes] -> logits [B, C, H, W]."""
-        check_latents(self, z)
+        check_code_shape(self, z)
         return self.decoder(z)
 
     def forward(  # type: ignore[override]

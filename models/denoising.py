@@ -94,6 +94,7 @@ class DenoisingConfig(AutoencoderConfig):
 class DenoisingAutoencoder(Autoencoder):
     family = "dae"
     config_class = DenoisingConfig
+    example_config = {"latent_dim": 4, "width": 4}
     config: DenoisingConfig
 
     def corrupt_for_training(

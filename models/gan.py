@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .base import LatentModel, ModelConfig, check_images, check_latents, check_positive, register
+from .base import LatentModel, ModelConfig, check_code_shape, check_images, check_positive, register
 from .blocks import stage_plan
+from .inversion import invert
+from .operations import Op, SearchBudget
 
 
 @dataclasses.dataclass
@@ -95,7 +97,13 @@ class Critic(nn.Module):
 class GAN(LatentModel):
     family = "gan"
     config_class = GANConfig
-    operations = frozenset({"decode", "sample", "invert"})  # invert: models/inversion.py
+    operations = {
+        "encode": Op("find_latent", returns=("latent", "reconstruction_error"), search=True),
+        "decode": Op("decode"),
+        "generate": Op("decode", prepare="sample_latent"),
+    }
+    example_config = {"latent_dim": 5, "width": 4}
+    latent_prior = "normal"
     config: GANConfig
 
     def __init__(self, config: GANConfig) -> None:
@@ -106,8 +114,19 @@ class GAN(LatentModel):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, K] -> x [B, C, H, W] in [0, 1]."""
-        check_latents(self, z)
+        check_code_shape(self, z)
         return (self.generator(z) + 1) / 2
+
+    def find_latent(
+        self, x: torch.Tensor, budget: SearchBudget | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A GAN has no encoder: x [B, C, H, W] -> (the z whose image matches x [B, K], the
+        per-image MSE [B]), by optimisation (inversion.py). Seeded: the same image gives the
+        same latent whenever the search runs all its steps within ``budget.time_s``."""
+        budget = budget or SearchBudget()
+        z, error = invert(self, x, budget.steps, budget.restarts, time_budget_s=budget.time_s,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+        return z, error
 
     def criticize(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] in [0, 1] -> critic score [B]."""

@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from .gan import GAN
+from .base import LatentModel
 
 
 def invert(
-    gan: GAN,
+    gan: LatentModel,
     x: torch.Tensor,
     steps: int = 200,
     restarts: int = 4,

@@ -42,6 +42,7 @@ class SparseConfig(AutoencoderConfig):
 class SparseAutoencoder(Autoencoder):
     family = "sparse-ae"
     config_class = SparseConfig
+    example_config = {"latent_dim": 6, "width": 4}
     config: SparseConfig
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

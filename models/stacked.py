@@ -24,10 +24,11 @@ from .base import (
     ConfigError,
     LatentModel,
     ModelConfig,
+    check_code_shape,
     check_images,
-    check_latents,
     register,
 )
+from .operations import Op
 
 
 @dataclasses.dataclass
@@ -53,7 +54,12 @@ class StackedConfig(ModelConfig):
 class StackedAutoencoder(LatentModel):
     family = "stacked-ae"
     config_class = StackedConfig
-    operations = frozenset({"encode", "decode", "reconstruct"})
+    operations = {
+        "encode": Op("encode"),  # x [B, C, H, W] -> z [B, K]
+        "decode": Op("decode"),  # z [B, K] -> x [B, C, H, W]
+        "reconstruct": Op("reconstruct"),
+    }
+    example_config = {"latent_dim": 4, "hidden_sizes": [16, 8]}
     config: StackedConfig
 
     def __init__(self, config: StackedConfig) -> None:
@@ -94,7 +100,7 @@ class StackedAutoencoder(LatentModel):
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, latent_dim] -> logits [B, C, H, W]."""
-        check_latents(self, z)
+        check_code_shape(self, z)
         h = z
         for k in reversed(range(self.depth)):
             h = self.decode_layer(k, h)

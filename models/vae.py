@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .base import check_images, check_range, register
+from .operations import Op
 
 
 @dataclasses.dataclass
@@ -40,7 +41,14 @@ class VAEConfig(AutoencoderConfig):
 class VAE(Autoencoder):
     family = "vae"
     config_class = VAEConfig
-    operations = frozenset({"encode", "decode", "reconstruct", "sample"})
+    operations = {
+        "encode": Op("encode_distribution", returns=("mean", "log_var")),  # latent = mean
+        "decode": Op("decode"),
+        "reconstruct": Op("reconstruct"),
+        "generate": Op("decode", prepare="sample_latent"),  # codes from the prior, decoded
+    }
+    example_config = {"latent_dim": 3, "width": 4}
+    latent_prior = "normal"
     config: VAEConfig
 
     def code_features(self) -> int:

@@ -17,7 +17,6 @@ from fastapi.staticfiles import StaticFiles
 from . import errors
 from .batching import BatchEngine
 from .config import Settings
-from .deps import AppState
 from .dispatch import OperationDispatcher
 from .inference import Operations
 from .metrics import Metrics
@@ -25,6 +24,7 @@ from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .registry import ModelRegistry
 from .reloading import ReloadSignal, follow, load_models
 from .routes import admin, health, models
+from .state import AppState
 
 log = logging.getLogger("latentserve")
 

@@ -1,9 +1,11 @@
 """Dynamic batching: concurrent requests for the same model and operation share one forward pass.
 
-Request handlers call ``await engine.run(key, fn, x)``, which queues the request and
-awaits a future. One dedicated inference thread takes the oldest request and every queued
-request with the same key (model and operation) behind it, up to ``max_batch_size`` rows,
-runs them as one call of ``fn``, and hands the results back to the event loop, which never
+Request handlers call ``await engine.run(call, x)``, which queues the request and awaits a
+future. ``call`` is a hashable callable that is its own batching key (inference.ModelCall:
+model, method, output form): two requests are batch-mates exactly when their calls are
+equal, so a key can never stand for two different functions. One dedicated inference thread
+takes the oldest request and every queued request with an equal call behind it, up to
+``max_batch_size`` rows, runs them as one call, and hands the results back to the event loop, which never
 blocks on torch. While a batch runs, new requests queue up and form the next batch: under
 load, batches form without any waiting; a lone request waits up to ``max_wait`` for company.
 
@@ -20,13 +22,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 log = logging.getLogger("latentserve.batching")
 Output = torch.Tensor | tuple[torch.Tensor, ...]
-BatchFn = Callable[[torch.Tensor], Output]
+BatchFn = Callable[[torch.Tensor], Output]  # hashable, and equal only to calls that do the same
 
 
 class QueueFull(Exception):
@@ -39,8 +41,7 @@ class EngineStopped(Exception):
 
 @dataclasses.dataclass
 class _Item:
-    key: Hashable
-    fn: BatchFn
+    call: BatchFn  # also the batching key
     x: torch.Tensor
     future: asyncio.Future[Output]
 
@@ -60,7 +61,7 @@ class BatchEngine:
         max_wait_s: float = 0.0,
         max_queue: int = 2048,
         torch_threads: int = 1,
-        on_batch: Callable[[Hashable, int, float], None] | None = None,
+        on_batch: Callable[[BatchFn, int, float], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
@@ -98,15 +99,15 @@ class BatchEngine:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
 
-    async def run(self, key: Hashable, fn: BatchFn, x: torch.Tensor) -> Output:
-        """Queue ``x`` [n, ...] for ``fn`` and wait for its n rows of output."""
+    async def run(self, call: BatchFn, x: torch.Tensor) -> Output:
+        """Queue ``x`` [n, ...] for ``call`` and wait for its n rows of output."""
         if self._thread is None or self._loop is None or self._stopping:
             raise EngineStopped("the service is shutting down")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are queued")
         future: asyncio.Future[Output] = self._loop.create_future()
         with self._ready:
-            self._pending.append(_Item(key, fn, x, future))
+            self._pending.append(_Item(call, x, future))
             self._ready.notify()
         return await future
 
@@ -139,13 +140,13 @@ class BatchEngine:
 
     def _next_batch(self) -> list[_Item]:
         """With the lock held and the queue not empty: the oldest request and the queued
-        requests with its key after it, in arrival order, up to max_batch_size rows (a
+        requests with an equal call after it, in arrival order, up to max_batch_size rows (a
         request larger than that runs alone). Other keys keep their places."""
         first = self._pending.popleft()
         batch, rows, passed = [first], len(first.x), []
         while self._pending and rows < self.max_batch_size:
             item = self._pending.popleft()
-            if item.key != first.key:
+            if item.call != first.call:
                 passed.append(item)
             elif rows + len(item.x) > self.max_batch_size:
                 passed.append(item)  # the next batch starts with it
@@ -178,7 +179,7 @@ class BatchEngine:
         try:
             with torch.inference_mode():
                 x = group[0].x if len(group) == 1 else torch.cat([it.x for it in group])
-                out = group[0].fn(x)
+                out = group[0].call(x)
             results: list[Output | BaseException] = list(
                 split_rows(out, [len(it.x) for it in group])
             )
@@ -191,6 +192,6 @@ class BatchEngine:
                 return results
         if self.on_batch:
             self.on_batch(
-                group[0].key, sum(len(it.x) for it in group), time.perf_counter() - started
+                group[0].call, sum(len(it.x) for it in group), time.perf_counter() - started
             )
         return results

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from .batching import BatchEngine
-from .config import Settings
-from .inference import Operations
-from .metrics import Metrics
-from .registry import LoadedModel, ModelRegistry, valid_name
-
-if TYPE_CHECKING:
-    from .reloading import ReloadSignal
-
-
-@dataclasses.dataclass
-class AppState:
-    settings: Settings
-    registry: ModelRegistry
-    engine: BatchEngine
-    operations: Operations
-    metrics: Metrics
-    reload_signal: ReloadSignal | None = None  # shared by the workers (reloading.py)
+from .problems import ModelNotFound, NotSupported, StillLoading
+from .registry import LoadedModel, valid_name
+from .state import AppState
 
 
 async def get_state(request: Request) -> AppState:
@@ -46,20 +30,17 @@ def find_model(state: AppState, name: str, operation: str | None = None) -> Load
     if lm is None and not state.registry.loaded_once:
         # Starting up: every model is still loading (with several workers, a readiness
         # probe may already have seen another worker ready). Retry, don't give up.
-        raise HTTPException(
-            503, "the models are still loading; retry shortly", headers={"Retry-After": "1"}
-        )
+        raise StillLoading("the models are still loading; retry shortly")
     if lm is None:
         available = ", ".join(sorted(state.registry.models)) or "none"
         shown = name if valid_name(name) else "(invalid name)"
         reason = state.registry.failed.get(name) if valid_name(name) else None
         detail = f"model {shown!r} is not available" + (" (it failed to load)" if reason else "")
-        raise HTTPException(404, f"{detail}; available models: {available}")
+        raise ModelNotFound(f"{detail}; available models: {available}")
     if operation is not None and operation not in lm.operations:
-        raise HTTPException(
-            400,
+        raise NotSupported(
             f"model {name!r} ({lm.model.family}) does not support {operation}; "
-            f"it supports: {', '.join(lm.operations)}",
+            f"it supports: {', '.join(lm.operations)}"
         )
     return lm
 

@@ -13,11 +13,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .batching import EngineStopped, QueueFull
 from .imaging import ImageError
 from .middleware import BodyTooLarge
+from .problems import Problem
 
 log = logging.getLogger("latentserve")
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def problem(request: Request, exc: Problem) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
+
     @app.exception_handler(ImageError)
     async def image_error(request: Request, exc: ImageError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -55,9 +54,8 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_batch(self, key: Hashable, rows: int, seconds: float) -> None:
-        """``key`` is the engine's batch key: (LoadedModel, operation name)."""
-        assert isinstance(key, tuple)
-        name, operation = str(key[0].name), str(key[1])
+    def observe_batch(self, call: Any, rows: int, seconds: float) -> None:
+        """``call`` is the engine's batched call; a ModelCall labels itself (model, operation)."""
+        name, operation = getattr(call, "label", ("(unknown)", "(unknown)"))
         self.batch_size.labels(name, operation).observe(rows)
         self.batch_seconds.labels(name, operation).observe(seconds)

@@ -15,27 +15,31 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from models import CheckpointError, LatentModel, load_model
-from models.conditioning import ConditionalCode
+from models import CheckpointError, ConfigError, LatentModel, load_model
+from models.plugins import load_plugins
 
 log = logging.getLogger("latentserve.registry")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
-#: Service operations and, for each, the alternative sets of model operations that provide it
-#: (a GAN encodes by inversion: models/inversion.py).
-SERVICE_OPERATIONS: dict[str, tuple[frozenset[str], ...]] = {
-    "encode": (frozenset({"encode"}), frozenset({"invert"})),
-    "decode": (frozenset({"decode"}),),
-    "reconstruct": (frozenset({"reconstruct"}), frozenset({"invert", "decode"})),
-    "denoise": (frozenset({"reconstruct"}),),
-    "interpolate": (frozenset({"decode"}),),
-    "arithmetic": (frozenset({"decode"}),),
-    "generate": (frozenset({"sample"}),),
-    "classify": (frozenset({"classify"}),),
+#: API operations the service composes from what a model declares (models/operations.py):
+#: each needs all of the declared operations listed. A model that declares encode and decode
+#: but no reconstruct of its own (a GAN, which encodes by search) reconstructs through its code.
+COMPOSED: dict[str, tuple[str, ...]] = {
+    "reconstruct": ("encode", "decode"),
+    "denoise": ("reconstruct",),
+    "interpolate": ("decode",),
+    "arithmetic": ("decode",),
 }
+
+
+def served_operations(declared: Iterable[str]) -> list[str]:
+    """The API operations a model with these declared operations answers."""
+    have = set(declared)
+    return sorted(have | {op for op, needs in COMPOSED.items() if set(needs) <= have})
 
 
 def valid_name(name: str) -> bool:
@@ -54,17 +58,12 @@ class LoadedModel:
 
     @functools.cached_property  # asked on every request; the model never changes
     def operations(self) -> list[str]:
-        have = self.model.operations
-        return sorted(
-            op for op, options in SERVICE_OPERATIONS.items() if any(o <= have for o in options)
-        )
+        return served_operations(self.model.operations)
 
     @property
     def class_names(self) -> list[str]:
-        names = getattr(self.model.config, "class_names", None) or self.card.get("dataset", {}).get(
-            "class_names", []
-        )
-        return list(names)
+        """The model's own classes, else those of the data set its card names."""
+        return self.model.class_names or list(self.card.get("dataset", {}).get("class_names", []))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -75,7 +74,8 @@ class LoadedModel:
             "operations": self.operations,
             "parameters": self.model.parameter_count(),
             "class_names": self.class_names,
-            "conditional": isinstance(self.model, ConditionalCode),
+            "conditional": self.model.conditional,
+            "latent_prior": self.model.latent_prior,
             "metrics": self.card.get("metrics", {}),
             "dataset": self.card.get("dataset", {}).get("name"),
         }
@@ -92,6 +92,7 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         self._failed: dict[str, str] = {}
         self._pending: set[str] = set(names)
+        self.plugins_failed: dict[str, str] = {}  # family plugin -> why it did not load
         self._lock = threading.Lock()  # one load or reload at a time
         self.loaded_once = False
 
@@ -132,15 +133,17 @@ class ModelRegistry:
     def load_all(self) -> dict[str, Any]:
         """(Re)load every model; keep the old version of any model whose files are bad."""
         with self._lock:
+            self.plugins_failed = load_plugins()  # newly installed families, after a reload too
             names = self.discover()
             models: dict[str, LoadedModel] = {}
             failed: dict[str, str] = {}
-            report: dict[str, Any] = {"loaded": [], "unchanged": [], "failed": {}, "kept_old": []}
+            report: dict[str, Any] = {"loaded": [], "unchanged": [], "failed": {}, "kept_old": [],
+                                      "plugins_failed": dict(self.plugins_failed)}  # fmt: skip
             for name in names:
                 old = self._models.get(name)
                 try:
                     entry = self._load_one(name, old)
-                except (CheckpointError, OSError, ValueError) as exc:
+                except (CheckpointError, ConfigError, OSError, ValueError) as exc:
                     reason = str(exc).replace(str(self.weights_dir), "<weights>")
                     log.error("model %s failed to load: %s", name, reason)
                     failed[name] = reason

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .deps import AppState
+from .state import AppState
 
 log = logging.getLogger("latentserve")
 POLL_SECONDS = 1.0

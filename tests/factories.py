@@ -7,24 +7,10 @@ from typing import Any
 
 import torch
 
-from models import LatentModel, build_model, save_model
+from models import FAMILIES, LatentModel, build_model, save_model
 
-TINY: dict[str, dict[str, Any]] = {
-    "ae": {"latent_dim": 4, "width": 4},
-    "dae": {"latent_dim": 4, "width": 4},
-    "sparse-ae": {"latent_dim": 6, "width": 4},
-    "stacked-ae": {"latent_dim": 4, "hidden_sizes": [16, 8]},
-    "vae": {"latent_dim": 3, "width": 4},
-    "gan": {"latent_dim": 5, "width": 4},
-    "cvae": {"latent_dim": 3, "width": 4, "class_names": ["boot", "sandal", "bag"]},
-    "cgan": {
-        "latent_dim": 5,
-        "width": 4,
-        "class_names": ["boot", "sandal", "bag"],
-        "aux_class_weight": 1.0,  # the AC-GAN head, as cgan-fashion ships
-    },
-    "classifier": {"latent_dim": 8, "width": 4, "class_names": ["a", "b", "c"]},
-}
+# every family's smallest config, from its own declaration (LatentModel.example_config)
+TINY: dict[str, dict[str, Any]] = {family: cls.example_config for family, cls in FAMILIES.items()}
 
 
 def tiny_model(
@@ -32,10 +18,10 @@ def tiny_model(
 ) -> LatentModel:
     torch.manual_seed(seed)
     model = build_model(family, {**TINY[family], "image_shape": image_shape, **overrides})
-    if family in ("gan", "cgan"):  # settle batch-norm statistics so eval mode is not degenerate
+    if "generate" in model.operations:  # settle batch-norm statistics: eval mode not degenerate
         model.train()
         with torch.no_grad():
-            model.decode(model.sample_latent(64))
+            model.sample(64)
     return model.eval()
 
 

@@ -31,11 +31,11 @@ def test_concurrent_results_equal_unbatched_results() -> None:
         calls = []
         for i, x in enumerate(inputs):  # mixed models and operations in flight at once
             if i % 3 == 0:
-                calls.append(engine.run(("ae", "reconstruct"), ae.reconstruct, x))
+                calls.append(engine.run(ae.reconstruct, x))
             elif i % 3 == 1:
-                calls.append(engine.run(("vae", "encode"), vae.encode_distribution, x))
+                calls.append(engine.run(vae.encode_distribution, x))
             else:
-                calls.append(engine.run(("ae", "encode"), ae.encode, x))
+                calls.append(engine.run(ae.encode, x))
         out = await asyncio.gather(*calls)
         await engine.stop()
         return out
@@ -66,10 +66,8 @@ def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
         engine = BatchEngine(max_batch_size=64, max_wait_s=0.01)
         await engine.start()
         good = [torch.full((1, 2), float(i)) for i in range(5)]
-        calls = [engine.run("k", fn, x) for x in good[:2]] + [
-            engine.run("k", fn, torch.full((1, 2), -1.0))
-        ]
-        calls += [engine.run("k", fn, x) for x in good[2:]]
+        calls = [engine.run(fn, x) for x in good[:2]] + [engine.run(fn, torch.full((1, 2), -1.0))]
+        calls += [engine.run(fn, x) for x in good[2:]]
         out = await asyncio.gather(*calls, return_exceptions=True)
         await engine.stop()
         return out
@@ -91,18 +89,18 @@ def test_full_queue_answers_at_once() -> None:
     async def main():
         engine = BatchEngine(max_batch_size=1, max_queue=2)
         await engine.start()
-        first = asyncio.create_task(engine.run("k", slow, torch.zeros(1)))
+        first = asyncio.create_task(engine.run(slow, torch.zeros(1)))
         assert await asyncio.to_thread(running.wait, 30)  # the first is running
-        queued = [asyncio.create_task(engine.run("k", slow, torch.zeros(1))) for _ in range(2)]
+        queued = [asyncio.create_task(engine.run(slow, torch.zeros(1))) for _ in range(2)]
         while engine.depth < 2:  # both queued behind it (states, not a sleep of a guessed length)
             await asyncio.sleep(0.001)
         with pytest.raises(QueueFull):
-            await engine.run("k", slow, torch.zeros(1))
+            await engine.run(slow, torch.zeros(1))
         gate.set()
         await asyncio.gather(first, *queued)
         await engine.stop()
         with pytest.raises(EngineStopped):
-            await engine.run("k", slow, torch.zeros(1))
+            await engine.run(slow, torch.zeros(1))
 
     run(main())
 
@@ -111,9 +109,11 @@ def test_stop_finishes_queued_work() -> None:
     async def main():
         engine = BatchEngine(max_batch_size=4)
         await engine.start()
-        tasks = [
-            asyncio.create_task(engine.run("k", lambda x: x + 1, torch.zeros(1))) for _ in range(20)
-        ]
+
+        def plus_one(x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+        tasks = [asyncio.create_task(engine.run(plus_one, torch.zeros(1))) for _ in range(20)]
         await asyncio.sleep(0)
         await engine.stop()
         return await asyncio.gather(*tasks)
@@ -127,9 +127,9 @@ def test_oversized_request_runs_alone() -> None:
     async def main():
         engine = BatchEngine(max_batch_size=4, on_batch=lambda k, rows, s: seen.append(rows))
         await engine.start()
+        same = torch.clone  # one call for both: they could share a batch, but 10 > 4 rows
         out = await asyncio.gather(
-            engine.run("k", lambda x: x, torch.zeros(10, 1)),
-            engine.run("k", lambda x: x, torch.zeros(2, 1)),
+            engine.run(same, torch.zeros(10, 1)), engine.run(same, torch.zeros(2, 1))
         )
         await engine.stop()
         return out
@@ -148,11 +148,13 @@ def test_batches_keep_arrival_order_per_key_and_cut_at_max_rows() -> None:
     from service.batching import _Item
 
     engine = BatchEngine(max_batch_size=4)
+    calls = {"a": torch.abs, "b": torch.neg}  # each call is its own key
+    names = {fn: name for name, fn in calls.items()}
     sizes = [("a", 1), ("b", 3), ("a", 2), ("a", 1), ("b", 2), ("a", 1), ("a", 6), ("a", 1)]
-    engine._pending.extend(_Item(key, abs, torch.zeros(n, 1), None) for key, n in sizes)  # type: ignore[arg-type]
+    engine._pending.extend(_Item(calls[key], torch.zeros(n, 1), None) for key, n in sizes)  # type: ignore[arg-type]
     batches = []
     while engine._pending:
-        batches.append([(it.key, len(it.x)) for it in engine._next_batch()])
+        batches.append([(names[it.call], len(it.x)) for it in engine._next_batch()])
     assert batches == [
         [("a", 1), ("a", 2), ("a", 1)],  # 4 rows: full
         [("b", 3)],  # the oldest request now; b 2 does not fit beside it

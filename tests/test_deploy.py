@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -206,28 +207,31 @@ def test_image_steps_start_the_service_as_non_root_on_read_only_weights(
     assert "Traceback" not in out
 
 
-def call_operation(base: str, name: str, op: str, info: dict) -> httpx.Response:
+def call_operation(
+    base: str, name: str, op: str, info: dict, post: Any = httpx.post
+) -> httpx.Response:
+    """One request for each API operation, built from the model's description (``post``:
+    httpx.post against a server, or a TestClient's post with ``base`` "")."""
     url = f"{base}/v1/models/{name}/{op}"
+    wait = {"timeout": 30} if post is httpx.post else {}  # TestClient takes no timeout
     image = png(
         info["image_shape"][1],
         "L" if info["image_shape"][0] == 1 else "RGB",
         200 if info["image_shape"][0] == 1 else (200, 100, 50),
     )
     if op in ("encode", "reconstruct", "denoise", "classify"):
-        return httpx.post(url, files={"image": ("x.png", image, "image/png")}, timeout=30)
+        return post(url, files={"image": ("x.png", image, "image/png")}, **wait)
     if op == "decode":
-        return httpx.post(url, json={"latent": [0.0] * info["latent_dim"]}, timeout=30)
+        return post(url, json={"latent": [0.0] * info["latent_dim"]}, **wait)
     if op == "generate":
-        return httpx.post(url, json={"n": 4, "seed": 1}, timeout=30)
+        return post(url, json={"n": 4, "seed": 1}, **wait)
     if op == "arithmetic":
         terms = {f"latent_{t}": [0.1 * i] * info["latent_dim"] for i, t in enumerate("abc")}
-        return httpx.post(url, json=terms, timeout=30)
+        return post(url, json=terms, **wait)
     assert op == "interpolate", op
     if "generate" in info["operations"]:
-        return httpx.post(url, json={"seed_a": 1, "seed_b": 2, "steps": 4}, timeout=30)
-    return httpx.post(
-        url, files={"image": ("a.png", image), "image_b": ("b.png", image)}, timeout=30
-    )
+        return post(url, json={"seed_a": 1, "seed_b": 2, "steps": 4}, **wait)
+    return post(url, files={"image": ("a.png", image), "image_b": ("b.png", image)}, **wait)
 
 
 # --- the compose topology: two replicas behind the repository's nginx config ---

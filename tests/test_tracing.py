@@ -11,41 +11,48 @@ import torch
 from fastapi.testclient import TestClient
 
 from models import FAMILIES
+from models.operations import INPUTS
 from service.config import Settings
 from service.tracing import TracedCall
 
 from .conftest import start
-from .factories import TINY, tiny_model
+from .factories import tiny_model
 
-CALLS = {
-    "encode": lambda m: torch.rand(4, *m.image_shape),
-    "decode": lambda m: torch.randn(4, m.latent_dim),
-    "reconstruct": lambda m: torch.rand(4, *m.image_shape),
-    "classify": lambda m: torch.rand(4, *m.image_shape),
-}
+
+def example_input(model, operation: str) -> torch.Tensor:
+    """A batch of 4 of what the declared method of ``operation`` takes."""
+    op = model.operations[operation]
+    if op.prepare is not None:
+        return getattr(model, op.prepare)(4, torch.Generator().manual_seed(0), 1.0, None)
+    if INPUTS[operation] == "latents":
+        return torch.randn(4, model.latent_dim)
+    return torch.rand(4, *model.image_shape)
+
+
+# every traceable call every family declares: a new family is covered with no edit here
 CASES = [
-    (family, method)
-    for family in TINY
-    for method in CALLS
-    if method in FAMILIES[family].operations and not (method == "encode" and family == "gan")
-] + [("vae", "encode_distribution"), ("cvae", "encode_distribution")]
+    (family, operation)
+    for family, cls in sorted(FAMILIES.items())
+    for operation, op in cls.operations.items()
+    if op.traceable
+]
 
 
 def outputs(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return value if isinstance(value, tuple) else (value,)
 
 
-@pytest.mark.parametrize(("family", "method"), CASES)
+@pytest.mark.parametrize(("family", "operation"), CASES)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_every_served_call_traces_and_matches_eager(
-    family: str, method: str, shape: tuple[int, int, int]
+    family: str, operation: str, shape: tuple[int, int, int]
 ) -> None:
     model = tiny_model(family, image_shape=shape, seed=3)
-    make = CALLS.get(method, CALLS["encode"])
+    method = model.operations[operation].method
     torch.manual_seed(0)
     call = TracedCall(model, method, f"{family}.{method}")
     with torch.inference_mode():
-        first = make(model)
+        first = example_input(model, operation)
         call(first)
         assert call.state == "traced"
         for n in (4, 1, 7):  # the traced batch size and others
@@ -85,7 +92,7 @@ def test_the_service_serves_through_traces(client: TestClient) -> None:
     assert reply.status_code == 200
     operations = client.app.state.latentserve.operations  # type: ignore[attr-defined]
     lm = client.app.state.latentserve.registry.get("ae-t")  # type: ignore[attr-defined]
-    assert operations.call(lm, "reconstruct").state == "traced"
+    assert operations.traced(lm, "reconstruct").state == "traced"
 
 
 def test_a_first_batch_of_one_still_traces_the_batched_path() -> None:
@@ -112,7 +119,7 @@ def test_trace_at_start_traces_every_call_before_traffic(weights_dir: Path) -> N
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             states = {
-                (n, m): state.operations.call(state.registry.get(n), m).state for n, m in wanted
+                (n, m): state.operations.traced(state.registry.get(n), m).state for n, m in wanted
             }
             if set(states.values()) == {"traced"}:
                 break

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from models import load_model
-from training.cli import TRAINABLE, main
+from training.cli import main
+from training.families import trainable
 
 from .test_data import make_folder
 
@@ -30,7 +31,7 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("family", TRAINABLE)
+@pytest.mark.parametrize("family", trainable())
 def test_dry_run_writes_a_loadable_artifact(family: str, tmp_path: Path) -> None:
     out = tmp_path / family
     code = main(["train", "--family", family, "--dry-run", "--out", str(out),

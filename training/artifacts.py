@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from models import LatentModel, corrupt, save_model
-from models.conditioning import ConditionalCode
+from models import LatentModel, save_model
 from models.imaging import make_grid
 
 from .data import Dataset
+from .families import training_spec
 
 
 def hardware() -> str:
@@ -37,32 +37,6 @@ def hardware() -> str:
 
 
 @torch.no_grad()
-def picture(model: LatentModel, dataset: Dataset) -> torch.Tensor:
-    """The images of ``samples.png``: what a person should look at to judge the model."""
-    g = torch.Generator().manual_seed(0)
-    test = dataset.test.images[:16].float() / 255
-    if model.family == "classifier":
-        # one row per class: the first test images the classifier assigns to it
-        images = dataset.test.images[:2000].float() / 255
-        pred = model(images).argmax(1)
-        rows = []
-        for c in range(len(dataset.class_names)):
-            chosen = images[pred == c][:10]
-            pad = torch.ones(10 - len(chosen), *images.shape[1:])
-            rows.append(torch.cat([chosen, pad]))
-        return torch.cat(rows)
-    if isinstance(model, ConditionalCode):  # one row per class, 8 samples each
-        k = model.num_classes
-        labels = torch.arange(k).repeat_interleave(8)
-        return model.decode(model.sample_latent(8 * k, g, labels=labels))
-    if "sample" in model.operations:
-        return model.sample(64, generator=g)
-    if model.family == "dae":
-        noisy = corrupt(test, "gaussian", 0.3, g)
-        return torch.cat([test, noisy, model.reconstruct(noisy)])  # clean / noisy / denoised rows
-    return torch.cat([test, model.reconstruct(test)])  # originals over reconstructions
-
-
 def plot_history(history: list[dict[str, Any]], file: Path) -> None:
     """Loss curve PNG: every training number per epoch, and the validation ones dashed."""
     import matplotlib
@@ -99,10 +73,9 @@ def write_artifact(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         save_model(model, tmp)
-        columns = (
-            10 if model.family == "classifier" else (8 if "sample" in model.operations else 16)
-        )
-        make_grid(picture(model, dataset), columns=columns, scale=2).save(tmp / "samples.png")
+        with torch.no_grad():
+            images, columns = training_spec(model.family).picture(model, dataset)
+        make_grid(images, columns=columns, scale=2).save(tmp / "samples.png")
         if history:
             plot_history(history, tmp / "loss_curve.png")
         (tmp / "history.json").write_text(json.dumps(history, indent=1) + "\n")

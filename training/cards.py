@@ -7,26 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-HEADLINE = {
-    "ae": lambda m: f"PSNR {m['psnr']:.2f} dB (PCA-{m['pca_components']}: {m['pca_psnr']:.2f})",
-    "stacked-ae": lambda m: f"PSNR {m['psnr']:.2f} dB (PCA-{m['pca_components']}: {m['pca_psnr']:.2f})",
-    "sparse-ae": lambda m: (f"PSNR {m['psnr']:.2f} dB (PCA-{m['pca_components']}: {m['pca_psnr']:.2f}); "
-                            f"mean code {m['mean_activation']:.3f} vs target {m['sparsity_target']}"),
-    "dae": lambda m: ("PSNR at sigma 0.1/0.3/0.5: " + " / ".join(f"{m[f'psnr_gaussian_{s}']:.2f}" for s in (0.1, 0.3, 0.5))
-                      + " dB (best classical: " + " / ".join(f"{max(v['psnr'] for k, v in m['baselines'].items() if k.endswith(f'sigma {s}')):.2f}" for s in (0.1, 0.3, 0.5)) + ")"),
-    "vae": lambda m: (f"-ELBO {m['neg_elbo_nats']:.1f} nats, IWAE(K={m['iwae_samples']}) {m['iwae_nats']:.1f}, KL {m['kl_nats']:.1f}, "
-                      f"{m['active_units']}/{m['latent_dim']} active units, PSNR {m['psnr']:.2f} dB"),
-    "gan": lambda m: (f"smallest class share {m['min_class_share']:.1%} of {m['samples']}; Frechet distance "
-                      f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f}); inversion PSNR "
-                      f"{m['inversion_psnr']:.2f} dB at {m['inversion_seconds_per_image']:.2f} s/image"),
-    "cvae": lambda m: (f"judged as the requested class: {m['mean_conditional_accuracy']:.1%} on average, "
-                       f"{m['min_conditional_accuracy']:.1%} for the worst class; -ELBO given the class "
-                       f"{m['neg_elbo_given_class_nats']:.1f} nats, PSNR {m['psnr']:.2f} dB"),
-    "cgan": lambda m: (f"judged as the requested class: {m['mean_conditional_accuracy']:.1%} on average, "
-                       f"{m['min_conditional_accuracy']:.1%} for the worst class; Frechet distance "
-                       f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f})"),
-    "classifier": lambda m: f"test accuracy {m['accuracy']:.2%}",
-}  # fmt: skip
+from models import DeclarationError
+
+from .families import training_spec
 
 
 def row(folder: Path) -> str | None:
@@ -36,8 +19,10 @@ def row(folder: Path) -> str | None:
     card: dict[str, Any] = json.loads(card_file.read_text())
     metrics = card.get("metrics") or {}
     try:
-        headline = HEADLINE[card["family"]](metrics) if metrics else "not evaluated yet"
-    except KeyError:
+        headline = (
+            training_spec(card["family"]).headline(metrics) if metrics else "not evaluated yet"
+        )
+    except (KeyError, DeclarationError):
         headline = "metrics incomplete; run the evaluator"
     floors = card.get("quality_floors") or []
     verdict = (

@@ -22,7 +22,8 @@ from .artifacts import hardware, write_artifact
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import Dataset, Split, batches, load_dataset
 from .distributed import World, join_world
-from .recipes import RECIPES, Recipe, cosine_factor
+from .families import training_spec
+from .recipes import Recipe, cosine_factor
 
 
 def model_config(args: argparse.Namespace, dataset: Dataset) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def _train(args: argparse.Namespace, world: World) -> Path:
         model = initial_model(args, dataset)
     else:
         model = build_model(args.family, model_config(args, dataset))
-    recipe = RECIPES[args.family](model, args)
+    recipe = training_spec(args.family).recipe(model, args)
     recipe.world = world
     for opt in recipe.optimizers.values():
         for group in opt.param_groups:

@@ -36,6 +36,8 @@ async def ready(state: State) -> JSONResponse:
         "models": sorted(state.registry.models),
         "not_ready": not_ready
         or ({} if ok else {"(none)": "no models found in the weights folder"}),
+        # installed family plugins that failed to load: named here, never fatal to the others
+        "plugins_failed": state.registry.plugins_failed,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 

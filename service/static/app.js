@@ -63,11 +63,13 @@ function applyModel() {
     el.hidden = !el.dataset.ops.split(" ").some((op) => ops.has(op));
   });
   document.querySelectorAll("[data-op]").forEach((el) => { el.hidden = !ops.has(el.dataset.op); });
-  $("latent-section").hidden = model.family !== "vae";
+  // sliders explore a code whose every unit is N(0, 1): the model says so (latent_prior)
+  const sliders = model.latent_prior === "normal" && ops.has("decode");
+  $("latent-section").hidden = !sliders;
   $("ends-images").disabled = !ops.has("encode");
   $("ends-seeds").disabled = !ops.has("generate");
   $(ops.has("generate") ? "ends-seeds" : "ends-images").checked = true;
-  if (model.family === "vae") buildSliders();
+  if (sliders) buildSliders();
   // class-conditional models (cvae, cgan) list their classes: "eight sneakers" is one click
   const classes = model.conditional ? model.class_names : [];
   $("class-label").hidden = !classes.length;

@@ -1,0 +1,173 @@
+"""What a family can do, declared in one place: the API operation -> the model method.
+
+Every family class has ``operations: dict[str, Op]``, keyed by the operation names of the REST
+API (``OPERATIONS``). The service never asks a model's class what it is; it reads this map,
+calls the declared method, and wraps what comes back in the operation's typed output (the
+diffusers habit): ``encode`` gives an ``EncodeOutput`` with ``latent`` and, where the family
+has them, ``mean``/``log_var`` (a VAE's posterior) or ``reconstruction_error`` (a search such
+as GAN inversion); ``decode``, ``reconstruct`` and ``generate`` give ``ImageOutput``;
+``classify`` gives ``ClassifyOutput``.
+
+A declared method is a pure function of one batched tensor (rows are independent), which is
+what lets the service batch concurrent requests and trace the call. Two kinds are special:
+- ``generate`` runs in two steps: ``prepare`` (a model method, called per request with the
+  request's own seeded generator, so batching never changes which images a seed gives)
+  draws the randomness as a tensor [n, ...]; ``method`` turns it into images, batched. A
+  latent model draws codes and decodes them; a model without a code draws whatever noise its
+  sampler consumes.
+- ``search=True`` marks an iterative optimisation (GAN inversion): it is called with
+  ``budget=SearchBudget(...)`` from the service's settings and is never traced.
+
+``check_declaration`` runs when a family registers (an ``assert`` would vanish under ``-O``):
+a family that declares an operation without the methods it names is refused at import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, ClassVar
+
+import torch
+
+#: The operations of the API that a model itself provides. The service composes others from
+#: these (denoise and interpolate, arithmetic from decode; reconstruct from encode + decode).
+OPERATIONS = ("encode", "decode", "reconstruct", "generate", "classify")
+
+#: What each operation's method takes: images [B, C, H, W] in [0, 1], or codes [B, latent_dim].
+INPUTS = {"encode": "images", "reconstruct": "images", "classify": "images", "decode": "latents"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One declared operation: the model method that does it, and how to read its result."""
+
+    method: str
+    #: names of what the method returns, in order: one name for a tensor, several for a tuple
+    returns: tuple[str, ...] = ("value",)
+    #: generate only: the method that draws a request's randomness, (n, generator, temperature,
+    #: labels) -> the input of ``method`` [n, ...]
+    prepare: str | None = None
+    #: an iterative search, called with ``budget=SearchBudget``; never traced
+    search: bool = False
+
+    @property
+    def traceable(self) -> bool:
+        return not self.search
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchBudget:
+    """How hard a search operation may try: steps, random restarts, a time cap in seconds."""
+
+    steps: int = 200
+    restarts: int = 4
+    time_s: float | None = None
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """Base of the typed outputs: tensors with one row per input row."""
+
+    KIND: ClassVar[str]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None
+        }
+
+
+@dataclasses.dataclass
+class EncodeOutput(ModelOutput):
+    """latent [B, K]; a VAE's posterior mean and log-variance [B, K]; a search's error [B]."""
+
+    latent: torch.Tensor
+    mean: torch.Tensor | None = None
+    log_var: torch.Tensor | None = None
+    reconstruction_error: torch.Tensor | None = None
+    KIND: ClassVar[str] = "encode"
+
+
+@dataclasses.dataclass
+class ImageOutput(ModelOutput):
+    """images [B, C, H, W] in [0, 1] (or uint8 pixels [B, H, W, C] where the service asks)."""
+
+    images: torch.Tensor
+    KIND: ClassVar[str] = "images"
+
+
+@dataclasses.dataclass
+class ClassifyOutput(ModelOutput):
+    """class probabilities [B, num_classes]."""
+
+    probabilities: torch.Tensor
+    KIND: ClassVar[str] = "classify"
+
+
+def wrap_output(
+    operation: str, op: Op, raw: torch.Tensor | tuple[torch.Tensor, ...]
+) -> ModelOutput:
+    """The declared method's raw result -> the operation's typed output."""
+    values = (raw,) if isinstance(raw, torch.Tensor) else tuple(raw)
+    if len(values) != len(op.returns):
+        raise TypeError(f"{op.method} returned {len(values)} tensors, declared {op.returns}")
+    named = dict(zip(op.returns, values, strict=True))
+    if operation == "encode":
+        latent = named.get("latent", named.get("mean"))
+        if latent is None:
+            latent = named["value"]
+        return EncodeOutput(
+            latent=latent,
+            mean=named.get("mean"),
+            log_var=named.get("log_var"),
+            reconstruction_error=named.get("reconstruction_error"),
+        )
+    if operation == "classify":
+        return ClassifyOutput(probabilities=values[0])
+    return ImageOutput(images=values[0])
+
+
+class DeclarationError(TypeError):
+    """A family's declaration is incomplete or inconsistent; the message says what is missing."""
+
+
+ENCODE_RETURNS = {"value", "latent", "mean", "log_var", "reconstruction_error"}
+
+
+def check_declaration(cls: type, ops: dict[str, Op], example_config: dict[str, Any]) -> None:
+    """Refuse a family whose declaration names operations or methods it does not have."""
+    name = getattr(cls, "family", cls.__name__)
+    if not isinstance(ops, dict) or not all(isinstance(op, Op) for op in ops.values()):
+        raise DeclarationError(f"family {name!r}: operations must be a dict of API operation -> Op")
+    unknown = sorted(set(ops) - set(OPERATIONS))
+    if unknown:
+        raise DeclarationError(
+            f"family {name!r}: unknown operations {unknown}; the API has {list(OPERATIONS)}"
+        )
+    for operation, op in ops.items():
+        for method in (op.method, op.prepare):
+            if method is not None and not callable(getattr(cls, method, None)):
+                raise DeclarationError(
+                    f"family {name!r}: {operation} names {cls.__name__}.{method}, which does not exist"
+                )
+        if (operation == "generate") != (op.prepare is not None):
+            raise DeclarationError(
+                f"family {name!r}: {operation}: only generate has (and needs) prepare=..."
+            )
+        if op.search and "budget" not in inspect.signature(getattr(cls, op.method)).parameters:
+            raise DeclarationError(
+                f"family {name!r}: {operation} is a search, so {op.method} must take budget="
+            )
+        if operation == "encode" and not set(op.returns) <= ENCODE_RETURNS:
+            raise DeclarationError(
+                f"family {name!r}: encode returns {op.returns}; names must be in {sorted(ENCODE_RETURNS)}"
+            )
+        if operation != "encode" and len(op.returns) != 1:
+            raise DeclarationError(f"family {name!r}: {operation} must return one tensor")
+    if "generate" in ops and "decode" in ops and ops["generate"].prepare != "sample_latent":
+        raise DeclarationError(
+            f"family {name!r}: with decode, generate must draw codes with sample_latent "
+            "(interpolation between seeds decodes those codes)"
+        )
+    if not isinstance(example_config, dict):
+        raise DeclarationError(f"family {name!r}: example_config must be a dict of config fields")

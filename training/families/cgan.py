@@ -1,0 +1,84 @@
+"""The conditional GAN: a projection critic (Miyato & Koyama 2018) with an AC-GAN head."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from models import LatentModel
+from models.cgan import ConditionalGAN
+from models.gan import GAN
+
+from ..data import Dataset
+from ..scoring import (
+    Metrics,
+    conditional_accuracy,
+    frechet_metrics,
+    in_batches,
+    inversion_metrics,
+    load_judge,
+)
+from . import TrainingSpec, register_training
+from .gan import GANRecipe
+
+
+class ConditionalGANRecipe(GANRecipe):
+    """The GAN recipe with labels: fakes are drawn for the real batch's classes, and the
+    projection critic scores each image against its class."""
+
+    model: ConditionalGAN  # type: ignore[assignment]
+
+    def latents(self, n: int, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.sample_latent(n, generator, labels=y)  # [n, K + classes]
+
+    def score(self, m: GAN, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert isinstance(m, ConditionalGAN)
+        return m.criticize(images, y)
+
+    def critic_objective(
+        self, m: GAN, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Hinge loss on the projection scores, plus (AC-GAN) the auxiliary head's class loss
+        on the real images only, so the head learns what each class looks like."""
+        assert isinstance(m, ConditionalGAN)
+        real_score, real_logits = m.criticize_and_classify(real, y)
+        fake_score = m.criticize(fake, y)
+        aux = m.aux_class_loss(real_logits, y)
+        return {"d_loss": GAN.critic_loss(real_score, fake_score) + aux, "d_class": aux.detach()}
+
+    def generator_objective(
+        self, m: GAN, fake: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Hinge loss, plus (AC-GAN) the head's class loss on the fakes: the generator is
+        rewarded when its fakes are recognised as the class they were drawn for."""
+        assert isinstance(m, ConditionalGAN)
+        fake_score, fake_logits = m.criticize_and_classify(fake, y)
+        aux = m.aux_class_loss(fake_logits, y)
+        return {"g_loss": GAN.generator_loss(fake_score) + aux, "g_class": aux.detach()}
+
+
+@torch.no_grad()
+def evaluate_cgan(
+    model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
+) -> Metrics:
+    assert isinstance(model, ConditionalGAN)
+    judge = load_judge(args)
+    out = conditional_accuracy(model, judge, args.samples // model.num_classes)
+    g = torch.Generator().manual_seed(0)
+    samples = in_batches(model.decode, model.sample_latent(min(args.samples, 10_000), g))
+    out.update(frechet_metrics(judge, samples, data, test))
+    z, inversion = inversion_metrics(model, test, args)
+    # the class tail of an inverted code: does inversion find the image's class too?
+    labels = data.test.labels[: len(z)]
+    found = z[:, model.noise_dim :].argmax(1)
+    return {**out, **inversion, "inversion_class_accuracy": float((found == labels).float().mean())}
+
+
+register_training(TrainingSpec(
+    family="cgan", recipe=ConditionalGANRecipe, evaluate=evaluate_cgan, lr=2e-4,
+    floors=(("min_conditional_accuracy", ">=", 0.90),),
+    headline=lambda m: (f"judged as the requested class: {m['mean_conditional_accuracy']:.1%} on average, "
+                       f"{m['min_conditional_accuracy']:.1%} for the worst class; Frechet distance "
+                       f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f})"),
+))  # fmt: skip
