@@ -76,9 +76,11 @@ def rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], env: dict[str, str], ready_url: str) -> Iterator[dict[str, Any]]:
+def server(
+    cmd: list[str], env: dict[str, str], ready_url: str, cwd: Path = ROOT
+) -> Iterator[dict[str, Any]]:
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     info: dict[str, Any] = {}
     tree: set[int] = {proc.pid}

@@ -74,7 +74,7 @@ class ToyAutoencoder(LatentModel):
         return self.decode(self.encode(x))
 '''
 TOY_TRAINING = """
-from training.families import TrainingSpec, register_training
+from training.declaration import TrainingSpec, register_training
 from training.recipes import Recipe
 from training.scoring import evaluate_reconstruction
 

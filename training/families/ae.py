@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
 from ..scoring import evaluate_reconstruction
-from . import TrainingSpec, register_training
 
 register_training(TrainingSpec(
     family="ae", recipe=Recipe, evaluate=evaluate_reconstruction,

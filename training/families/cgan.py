@@ -11,6 +11,7 @@ from models.cgan import ConditionalGAN
 from models.gan import GAN
 
 from ..data import Dataset
+from ..declaration import TrainingSpec, register_training
 from ..scoring import (
     Metrics,
     conditional_accuracy,
@@ -19,7 +20,6 @@ from ..scoring import (
     inversion_metrics,
     load_judge,
 )
-from . import TrainingSpec, register_training
 from .gan import GANRecipe
 
 

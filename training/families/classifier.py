@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from models import LatentModel
 
 from ..data import Dataset
+from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
 from ..scoring import Metrics, in_batches
-from . import TrainingSpec, register_training
 
 
 class ClassifierRecipe(Recipe):

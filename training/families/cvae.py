@@ -11,9 +11,9 @@ from models import LatentModel
 from models.cvae import ConditionalVAE
 
 from ..data import Dataset
+from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
 from ..scoring import Metrics, conditional_accuracy, load_judge, reconstruction_metrics
-from . import TrainingSpec, register_training
 
 
 class ConditionalVAERecipe(Recipe):

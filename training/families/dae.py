@@ -11,10 +11,10 @@ from models import LatentModel, corrupt
 from models.denoising import DenoisingAutoencoder
 
 from ..data import Dataset
+from ..declaration import TrainingSpec, denoising_picture, register_training
 from ..metrics import CLASSICAL_DENOISERS, denoise_all, psnr, tune_denoiser
 from ..recipes import Recipe, psnr_sum
 from ..scoring import Metrics, as_float, in_batches, reconstruction_metrics
-from . import TrainingSpec, denoising_picture, register_training
 
 SIGMAS = (0.1, 0.3, 0.5)
 

@@ -11,9 +11,9 @@ from models import LatentModel
 from models.gan import GAN
 
 from ..data import Dataset
+from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
 from ..scoring import Metrics, frechet_metrics, in_batches, inversion_metrics, load_judge
-from . import TrainingSpec, register_training
 
 
 class GANRecipe(Recipe):

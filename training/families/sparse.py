@@ -10,9 +10,9 @@ from models import LatentModel
 from models.sparse import SparseAutoencoder
 
 from ..data import Dataset
+from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
 from ..scoring import Metrics, in_batches, reconstruction_metrics
-from . import TrainingSpec, register_training
 
 
 class SparseRecipe(Recipe):

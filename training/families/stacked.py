@@ -9,9 +9,9 @@ from tqdm import tqdm
 from models.stacked import StackedAutoencoder
 
 from ..data import Split, batches
+from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
 from ..scoring import evaluate_reconstruction
-from . import TrainingSpec, register_training
 
 
 class StackedRecipe(Recipe):

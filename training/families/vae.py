@@ -13,10 +13,10 @@ from models import LatentModel
 from models.vae import VAE
 
 from ..data import Dataset
+from ..declaration import TrainingSpec, register_training
 from ..metrics import active_units
 from ..recipes import Recipe
 from ..scoring import Metrics, reconstruction_metrics
-from . import TrainingSpec, register_training
 
 
 class VAERecipe(Recipe):
