@@ -16,7 +16,7 @@ import logging
 import math
 import secrets
 import weakref
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from functools import partial
 
 import torch
@@ -88,7 +88,7 @@ def interpolation_path(za: torch.Tensor, zb: torch.Tensor, steps: int, method: s
     return (1 - t) * za + t * zb
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModelCall:
     """One batched call of a served model: the batching engine's unit of work and its own
     batching key. Requests are batch-mates exactly when their calls are equal (same model
@@ -104,6 +104,18 @@ class ModelCall:
 
     def __call__(self, x: torch.Tensor) -> Output:
         return self.fn(x)
+
+    # the key: compared for every queued request while a batch forms, and calls are cached,
+    # so the same object is the common case
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, ModelCall):
+            return NotImplemented
+        return self.lm is other.lm and self.method == other.method and self.pixels == other.pixels
+
+    def __hash__(self) -> int:
+        return hash((id(self.lm), self.method, self.pixels))
 
     @property
     def label(self) -> tuple[str, str]:
@@ -129,7 +141,9 @@ class Operations:
     def traced(self, lm: LoadedModel, method: str) -> TracedCall:
         """``lm.model.<method>`` for the inference thread: a checked trace once it is made.
         One per method, whichever operations and output forms use it."""
-        traces = self._traces.setdefault(lm, {})
+        traces = self._traces.get(lm)
+        if traces is None:
+            traces = self._traces[lm] = {}
         if method not in traces:
             traces[method] = TracedCall(
                 lm.model, method, f"{lm.name}.{method}", self.settings.torchscript
@@ -140,10 +154,13 @@ class Operations:
         """The batched call for a declared operation (``generate`` runs its ``method``); with
         ``pixels``, images come back as uint8 [n, H, W, C], converted once per batch on the
         inference thread (per request on the event loop it was ~5% of the loop's time)."""
-        calls = self._calls.setdefault(lm, {})
-        found = calls.get((operation, pixels))
-        if found is not None:
-            return found
+        calls = self._calls.get(lm)  # get, not setdefault: that makes a weakref per call
+        if calls is not None:
+            found = calls.get((operation, pixels))
+            if found is not None:
+                return found
+        else:
+            calls = self._calls[lm] = {}
         op = self._declared(lm, operation)
         fn: BatchFn
         if op.search:  # iterative: never traced, run with the settings' budget
@@ -165,10 +182,11 @@ class Operations:
             )
         return op
 
-    async def run(
+    def run(
         self, lm: LoadedModel, operation: str, x: torch.Tensor, pixels: bool = False
-    ) -> Output:
-        return await self.engine.run(self.call(lm, operation, pixels), x)
+    ) -> Awaitable[Output]:
+        """The engine's run of the declared call (its coroutine itself: no extra frame)."""
+        return self.engine.run(self.call(lm, operation, pixels), x)
 
     async def warm_up(self, models: Iterable[LoadedModel]) -> int:
         """Run one small batch of each model's traceable calls, so that their traces exist
