@@ -173,6 +173,8 @@ def configs(port: int, workers: int) -> dict[str, tuple[list[str], dict[str, str
                 "LATENTSERVE_PORT": str(port),
                 "LATENTSERVE_WORKERS": str(workers),
                 "LATENTSERVE_LOG_LEVEL": "warning",
+                # wrk's connections share one address but stand for many clients
+                "LATENTSERVE_MAX_EXPENSIVE_PER_CLIENT": "1024",
             },
             f"{base}/health/ready",
             f"{base}/v1/models/ae-fashion/reconstruct",

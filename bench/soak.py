@@ -95,6 +95,8 @@ def soak(
     env = {
         "LATENTSERVE_PORT": str(port),
         "LATENTSERVE_LOG_LEVEL": "warning",
+        # one load generator on one address stands for many clients here
+        "LATENTSERVE_MAX_EXPENSIVE_PER_CLIENT": str(clients),
         "PYTHONPATH": str(ROOT),
     }
     if weights:

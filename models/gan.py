@@ -125,7 +125,7 @@ class GAN(LatentModel):
         same latent whenever the search runs all its steps within ``budget.time_s``."""
         budget = budget or SearchBudget()
         z, error = invert(self, x, budget.steps, budget.restarts, time_budget_s=budget.time_s,
-                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+                          generator=torch.Generator().manual_seed(0), stop=budget.stop)  # fmt: skip
         return z, error
 
     def criticize(self, x: torch.Tensor) -> torch.Tensor:

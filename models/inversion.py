@@ -10,6 +10,7 @@ image. Kept out of ``nn.Module`` on purpose: it is a procedure run on a model, n
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -24,10 +25,12 @@ def invert(
     lr: float = 0.05,
     time_budget_s: float | None = None,
     generator: torch.Generator | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, C, H, W] in [0, 1] -> (z [B, K], per-image MSE of G(z) against x [B]).
 
-    Stops after ``steps`` Adam steps or ``time_budget_s`` seconds, whichever comes first.
+    Stops after ``steps`` Adam steps or ``time_budget_s`` seconds, whichever comes first, or
+    as soon as ``stop()`` is true (checked after every step: nobody waits for the answer).
     Safe to call under ``torch.inference_mode()``: it leaves it for its own graph.
     """
     if steps < 1 or restarts < 1:
@@ -45,6 +48,8 @@ def invert(
             z.grad = grad
             opt.step()
             if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+                break
+            if stop is not None and stop():
                 break
         with torch.no_grad():
             final = (gan.decode(z) - target).pow(2).flatten(1).mean(1).view(b, restarts)

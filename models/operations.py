@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -58,11 +59,14 @@ class Op:
 
 @dataclasses.dataclass(frozen=True)
 class SearchBudget:
-    """How hard a search operation may try: steps, random restarts, a time cap in seconds."""
+    """How hard a search operation may try: steps, random restarts, a time cap in seconds,
+    and ``stop``, asked between steps: true when nobody waits for the result any more (the
+    serving engine's cancellation and deadlines); the search then ends at once."""
 
     steps: int = 200
     restarts: int = 4
     time_s: float | None = None
+    stop: Callable[[], bool] | None = None
 
 
 @dataclasses.dataclass

@@ -49,6 +49,8 @@ def main() -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
+        proxy_headers=True,  # behind a trusted proxy, the client is who X-Forwarded-For names
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         access_log=False,
     )
     return 0

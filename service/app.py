@@ -40,15 +40,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = ModelRegistry(settings.weights_dir, settings.models)
     engine = BatchEngine(
         settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
-        settings.torch_threads, on_batch=metrics.observe_batch,
+        settings.torch_threads, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop,
+    )  # fmt: skip
+    # the expensive lane (inference.py): its own queue and thread, at a lower priority
+    expensive = BatchEngine(
+        settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
+        settings.torch_threads, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop,
+        name="inference-expensive", nice=settings.expensive_lane_nice,
     )  # fmt: skip
     signal = ReloadSignal(settings.reload_signal_file) if settings.reload_signal_file else None
-    state = AppState(settings, registry, engine, Operations(engine, settings), metrics, signal)
+    operations = Operations(engine, settings, expensive)
+    state = AppState(settings, registry, engine, operations, metrics, signal)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         await engine.start()
+        await expensive.start()
         loading = asyncio.create_task(asyncio.to_thread(load_models, state))
         following = asyncio.create_task(follow(state, signal)) if signal else None
 
@@ -69,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 following.cancel()
             warming.cancel()  # unfinished warm-up batches are skipped, requests are not
             await loading
-            await engine.stop()
+            await asyncio.gather(engine.stop(), expensive.stop())
 
     # FastAPI asks OpenTelemetry for its global providers on every request unless told not
     # to (three environment lookups each time, ~6% of the event loop's time in the profile)

@@ -12,6 +12,11 @@ load, batches form without any waiting; a lone request waits up to ``max_wait`` 
 Guarantees: each caller gets exactly the rows it sent (results are split by row counts);
 if a batch raises, each of its items is retried alone, so one bad request never fails its
 batch-mates; the queue is bounded and a full queue raises ``QueueFull`` at once.
+
+Nothing is computed for nobody: a request whose caller went away (its future cancelled) is
+dropped when its batch forms, and one whose deadline has passed gets ``DeadlineExceeded``
+instead of a place in a batch. A long call (a search) asks ``should_stop()`` between its steps:
+true once every request of its batch is gone or past its deadline.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -39,11 +47,29 @@ class EngineStopped(Exception):
     """The engine is shutting down and takes no new work."""
 
 
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its work could finish; nothing more is done."""
+
+
+_running = threading.local()  # the batch the current inference thread is running
+
+
+def should_stop() -> bool:
+    """For a long call on an inference thread: is everyone its batch was for gone (cancelled
+    or past the deadline)? False outside a batch."""
+    check = getattr(_running, "check", None)
+    return bool(check and check())
+
+
 @dataclasses.dataclass
 class _Item:
     call: BatchFn  # also the batching key
     x: torch.Tensor
     future: asyncio.Future[Output]
+    deadline: float | None = None  # time.monotonic() by which the result must be back
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
 
 
 def split_rows(out: Output, sizes: Sequence[int]) -> list[Output]:
@@ -62,6 +88,9 @@ class BatchEngine:
         max_queue: int = 2048,
         torch_threads: int = 1,
         on_batch: Callable[[BatchFn, int, float], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+        name: str = "inference",
+        nice: int = 0,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
@@ -70,20 +99,29 @@ class BatchEngine:
         self.max_queue = max_queue
         self.torch_threads = torch_threads
         self.on_batch = on_batch
+        self.on_drop = on_drop  # "cancelled" or "deadline", once per request dropped
+        self.name = name
+        self.nice = nice  # added to this thread's nice value (Linux): a lower-priority lane
         self._pending: collections.deque[_Item] = collections.deque()
         self._ready = threading.Condition()  # guards _pending and _stopping
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._busy = False
 
     @property
     def depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def busy(self) -> bool:
+        """A batch is running on the inference thread now."""
+        return self._busy
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -99,17 +137,40 @@ class BatchEngine:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
 
-    async def run(self, call: BatchFn, x: torch.Tensor) -> Output:
-        """Queue ``x`` [n, ...] for ``call`` and wait for its n rows of output."""
+    async def run(
+        self,
+        call: BatchFn,
+        x: torch.Tensor,
+        deadline: float | None = None,
+        cancel_when: Callable[[Callable[[], Any]], None] | None = None,
+    ) -> Output:
+        """Queue ``x`` [n, ...] for ``call`` and wait for its n rows of output, by ``deadline``
+        (``time.monotonic()``) if given. If the caller is cancelled while it waits (its client
+        went away), the request is dropped and a running search stops at its next step;
+        ``cancel_when(fn)`` registers ``fn`` to run when the caller goes away."""
         if self._thread is None or self._loop is None or self._stopping:
             raise EngineStopped("the service is shutting down")
+        if deadline is not None and time.monotonic() > deadline:
+            self._dropped("deadline")
+            raise DeadlineExceeded("the deadline passed before the request was queued")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are queued")
         future: asyncio.Future[Output] = self._loop.create_future()
         with self._ready:
-            self._pending.append(_Item(call, x, future))
+            self._pending.append(_Item(call, x, future, deadline))
             self._ready.notify()
-        return await future
+        if cancel_when is not None:
+            cancel_when(future.cancel)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            future.cancel()  # the inference thread skips it, or a running search stops
+            self._dropped("cancelled")
+            raise
+
+    def _dropped(self, reason: str) -> None:
+        if self.on_drop:
+            self.on_drop(reason)
 
     def _serve(self) -> None:
         """The inference thread: take a batch, run it, hand the results to the event loop.
@@ -120,6 +181,11 @@ class BatchEngine:
         third of the time with one worker (bench/README.md).
         """
         torch.set_num_threads(self.torch_threads)
+        if self.nice:
+            try:  # Linux: a thread is a task of its own, with its own nice value
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except (OSError, AttributeError) as exc:
+                log.warning("%s lane keeps its priority: %s", self.name, exc)
         while True:
             with self._ready:
                 while not self._pending and not self._stopping:
@@ -134,9 +200,38 @@ class BatchEngine:
                             break
                         self._ready.wait(left)
                 batch = self._next_batch()
-            live = [it for it in batch if not it.future.done()]  # skip cancelled callers
+            live = self._still_wanted(batch)
             if live:
-                self._deliver(live, self._execute(live))
+                _running.check = functools.partial(self._nobody_waits, live)
+                self._busy = True
+                try:
+                    results = self._execute(live)
+                finally:
+                    _running.check = None
+                    self._busy = False
+                now = time.monotonic()
+                late = DeadlineExceeded("the deadline passed while the request was running")
+                self._deliver(
+                    live,
+                    [late if it.expired(now) else r for it, r in zip(live, results, strict=True)],
+                )
+
+    def _still_wanted(self, batch: list[_Item]) -> list[_Item]:
+        """The batch without callers that left (cancelled), and with those past their
+        deadline answered ``DeadlineExceeded`` instead of run."""
+        now = time.monotonic()
+        expired = [it for it in batch if not it.future.done() and it.expired(now)]
+        if expired:
+            for _ in expired:  # counted before the answer leaves: a reader of /metrics sees it
+                self._dropped("deadline")
+            late = DeadlineExceeded("the deadline passed while the request was queued")
+            self._deliver(expired, [late] * len(expired))
+        return [it for it in batch if not it.future.done() and not it.expired(now)]
+
+    @staticmethod
+    def _nobody_waits(items: list[_Item]) -> bool:
+        now = time.monotonic()
+        return all(it.future.done() or it.expired(now) for it in items)
 
     def _next_batch(self) -> list[_Item]:
         """With the lock held and the queue not empty: the oldest request and the queued

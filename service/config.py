@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="origins allowed to call the API from a browser (none by default)",
     )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="proxies whose X-Forwarded-For names the client (comma-separated "
+        "addresses, or *): the client address of per-client limits",
+    )  # fmt: skip
     api_key: SecretStr | None = Field(
         None, description="enables /v1/admin/*, which then needs this value in X-API-Key"
     )
@@ -60,6 +64,24 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="how long a batch waits for company")
     max_queue: int = Field(2048, ge=1, description="queued requests before 503 + Retry-After")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads for inference")
+    # isolation: expensive work runs in a lane of its own (inference.py)
+    expensive_rows: int = Field(
+        32, ge=1, description="a request of more rows than this (generate n, interpolate steps) "
+        "is expensive; so is every search (GAN inversion)",
+    )  # fmt: skip
+    expensive_lane_nice: int = Field(
+        10, ge=0, le=19, description="nice value added to the expensive lane's thread (Linux)"
+    )
+    max_expensive_per_client: int = Field(
+        2, ge=1, description="expensive requests one client address may have running (429 beyond)"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="default deadline of a request (504 past it); "
+        "a request's X-Request-Timeout header overrides it",
+    )  # fmt: skip
+    expensive_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="default deadline of an expensive request"
+    )
     torchscript: bool = Field(
         True, description="run model calls as TorchScript traces checked against eager ones"
     )

@@ -16,6 +16,7 @@ propagates to the same logged, generic 500.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -26,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .context import CURRENT, RequestContext, from_scope
 from .deps import get_state
 
 PREFIX = "/v1/models/"
@@ -62,11 +64,23 @@ class OperationDispatcher:
         scope["route"] = route
         scope["path_params"] = {"name": name}
         request = Request(scope, receive, send)
+        ctx: RequestContext | None = None
         try:
-            result = await route.endpoint(
-                name=name, request=request, state=await get_state(request)
-            )
+            ctx = from_scope(scope)  # a bad X-Request-Timeout is a 422 like any parameter
+            scope["latentserve.disconnected"] = ctx.disconnected  # protocol.py calls it
+            token = CURRENT.set(ctx)
+            try:
+                result = await route.endpoint(
+                    name=name, request=request, state=await get_state(request)
+                )
+            finally:
+                CURRENT.reset(token)
             response = result if isinstance(result, Response) else JSONResponse(result)
+        except asyncio.CancelledError:
+            if ctx is None or not ctx.gone:
+                raise  # a real cancellation (shutdown): not ours to swallow
+            scope["latentserve.client_gone"] = True  # counted as 499, nginx's "client closed"
+            return  # the client left; its work was dropped and there is no one to answer
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:

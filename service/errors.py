@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .batching import EngineStopped, QueueFull
+from .batching import DeadlineExceeded, EngineStopped, QueueFull
 from .imaging import ImageError
 from .middleware import BodyTooLarge
 from .problems import Problem
@@ -30,6 +30,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=413)
+
+    @app.exception_handler(DeadlineExceeded)  # operations word it (TimedOut); a fallback
+    async def deadline(request: Request, exc: DeadlineExceeded) -> JSONResponse:
+        return JSONResponse({"detail": f"{exc}; send a longer X-Request-Timeout"}, status_code=504)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:

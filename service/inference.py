@@ -11,12 +11,13 @@ gives.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
 import secrets
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from functools import partial
 
 import torch
@@ -25,9 +26,10 @@ from models import EncodeOutput, Op, SearchBudget, corrupt
 from models.imaging import to_pixels
 from models.operations import INPUTS, wrap_output
 
-from .batching import BatchEngine, BatchFn, Output
+from .batching import BatchEngine, BatchFn, DeadlineExceeded, Output, should_stop
 from .config import Settings
-from .problems import InvalidInput, NotSupported
+from .context import CURRENT, RequestContext
+from .problems import InvalidInput, NotSupported, TimedOut, TooManyRequests
 from .registry import LoadedModel
 from .tracing import TracedCall
 
@@ -101,6 +103,7 @@ class ModelCall:
     method: str
     pixels: bool = False
     fn: BatchFn = dataclasses.field(compare=False, repr=False, default=lambda x: x)
+    search: bool = False  # an iterative search: always the expensive lane
 
     def __call__(self, x: torch.Tensor) -> Output:
         return self.fn(x)
@@ -124,11 +127,22 @@ class ModelCall:
 
 
 class Operations:
-    def __init__(self, engine: BatchEngine, settings: Settings) -> None:
+    """Two lanes, each an engine with its own inference thread: cheap calls in ``engine``;
+    expensive ones (searches, and requests of more than ``expensive_rows`` rows) in
+    ``expensive``, whose thread runs at a lower priority and which each client may use for at
+    most ``max_expensive_per_client`` requests at a time (429 beyond). A three-second GAN
+    inversion then no longer stands in the queue in front of a millisecond reconstruct."""
+
+    def __init__(
+        self, engine: BatchEngine, settings: Settings, expensive: BatchEngine | None = None
+    ) -> None:
         self.engine = engine
+        self.expensive = expensive or engine
         self.settings = settings
+        # a search stops between its steps once nobody waits for it (batching.should_stop)
         self.budget = SearchBudget(settings.inversion_steps, settings.inversion_restarts,
-                                   settings.inversion_time_budget_s)  # fmt: skip
+                                   settings.inversion_time_budget_s, stop=should_stop)  # fmt: skip
+        self._expensive_running: collections.Counter[str] = collections.Counter()  # by client
         # each served model's calls and method traces (tracing.py), made on first use; a
         # reload makes a new LoadedModel, and the old one's go with it
         self._calls: weakref.WeakKeyDictionary[LoadedModel, dict[tuple[str, bool], ModelCall]] = (
@@ -169,7 +183,7 @@ class Operations:
             fn = self.traced(lm, op.method)
         if pixels:
             fn = partial(_as_pixels, fn)
-        calls[(operation, pixels)] = ModelCall(lm, operation, op.method, pixels, fn)
+        calls[(operation, pixels)] = ModelCall(lm, operation, op.method, pixels, fn, op.search)
         return calls[(operation, pixels)]
 
     @staticmethod
@@ -182,11 +196,47 @@ class Operations:
             )
         return op
 
-    def run(
+    async def run(
         self, lm: LoadedModel, operation: str, x: torch.Tensor, pixels: bool = False
-    ) -> Awaitable[Output]:
-        """The engine's run of the declared call (its coroutine itself: no extra frame)."""
-        return self.engine.run(self.call(lm, operation, pixels), x)
+    ) -> Output:
+        """The declared call on ``x``, in its lane, by the request's deadline (context.py)."""
+        call = self.call(lm, operation, pixels)
+        ctx = CURRENT.get()
+        s = self.settings
+        if not (call.search or len(x) > s.expensive_rows):
+            if ctx is None:
+                return await self.engine.run(call, x)
+            deadline = ctx.deadline(s.request_timeout_s)
+            try:
+                return await self.engine.run(call, x, deadline, ctx.when_gone)
+            except DeadlineExceeded:
+                raise self._timed_out(ctx, s.request_timeout_s) from None
+        if ctx is None:
+            return await self.expensive.run(call, x)
+        if self._expensive_running[ctx.client] >= s.max_expensive_per_client:
+            raise TooManyRequests(
+                f"this client already has {s.max_expensive_per_client} expensive requests "
+                f"running (searches, or more than {s.expensive_rows} rows); retry when one has finished"
+            )
+        self._expensive_running[ctx.client] += 1
+        try:
+            return await self.expensive.run(
+                call, x, ctx.deadline(s.expensive_timeout_s), ctx.when_gone
+            )
+        except DeadlineExceeded:
+            raise self._timed_out(ctx, s.expensive_timeout_s) from None
+        finally:
+            self._expensive_running[ctx.client] -= 1
+            if not self._expensive_running[ctx.client]:
+                del self._expensive_running[ctx.client]
+
+    @staticmethod
+    def _timed_out(ctx: RequestContext, default_s: float) -> TimedOut:
+        given = "its X-Request-Timeout" if ctx.timeout_s is not None else "the server's default"
+        return TimedOut(
+            f"the request's deadline of {ctx.budget_s(default_s):g} s ({given}) passed before "
+            "it finished, so its work was stopped; send a longer X-Request-Timeout or less work"
+        )
 
     async def warm_up(self, models: Iterable[LoadedModel]) -> int:
         """Run one small batch of each model's traceable calls, so that their traces exist

@@ -33,6 +33,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "latentserve_queue_depth", "requests waiting for inference", registry=self.registry
         )
+        self.dropped = Counter(
+            "latentserve_dropped_requests",
+            "requests dropped before or while running: cancelled (the client left), deadline",
+            ["reason"],
+            registry=self.registry,
+        )
         self.load_seconds = Gauge(
             "latentserve_model_load_seconds",
             "time to load each model",
@@ -53,6 +59,9 @@ class Metrics:
             self._request_children[(route, model, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_drop(self, reason: str) -> None:
+        self.dropped.labels(reason).inc()
 
     def observe_batch(self, call: Any, rows: int, seconds: float) -> None:
         """``call`` is the engine's batched call; a ModelCall labels itself (model, operation)."""

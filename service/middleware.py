@@ -109,6 +109,8 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            if scope.get("latentserve.client_gone"):
+                status = 499
             route = _route_template(scope)
             model = scope.get("path_params", {}).get("name", "")
             if model and self.registry.get(model) is None:

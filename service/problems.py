@@ -32,6 +32,19 @@ class ModelNotFound(Problem):
     status = 404
 
 
+class TooManyRequests(Problem):
+    """This client already has as many expensive requests running as it may (429)."""
+
+    status = 429
+    headers = {"Retry-After": "1"}  # noqa: RUF012  # read-only
+
+
+class TimedOut(Problem):
+    """The request's deadline passed before its work finished; that work was stopped (504)."""
+
+    status = 504
+
+
 class StillLoading(Problem):
     """The models are loading; retry shortly (503 with Retry-After)."""
 

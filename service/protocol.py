@@ -74,6 +74,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        """As uvicorn, and tell an unanswered request that its client is gone
+        (context.py: its queued work is dropped, a running search stops)."""
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            notify = cycle.scope.get("latentserve.disconnected")
+            if callable(notify):
+                self.loop.call_soon(notify)
+
 
 def private_api_problem() -> str | None:
     """What of uvicorn's private protocol API this module needs and no longer finds, or None."""
@@ -83,8 +93,11 @@ def private_api_problem() -> str | None:
     made = list(inspect.signature(HttpToolsProtocol.connection_made).parameters)
     if made != ["self", "transport"]:
         return f"{where}: HttpToolsProtocol.connection_made takes {made}, not (self, transport)"
-    if "self.loop =" not in inspect.getsource(HttpToolsProtocol.__init__):
+    init = inspect.getsource(HttpToolsProtocol.__init__)
+    if "self.loop =" not in init:
         return f"{where}: HttpToolsProtocol no longer keeps its event loop as self.loop"
+    if "self.cycle" not in init or "response_complete" not in inspect.getsource(HttpToolsProtocol):
+        return f"{where}: HttpToolsProtocol no longer keeps its request as self.cycle"
     return None
 
 

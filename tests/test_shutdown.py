@@ -51,7 +51,7 @@ def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
            "LATENTSERVE_WEIGHTS_DIR": str(tmp_path), "LATENTSERVE_GRACEFUL_TIMEOUT_S": str(GRACE_S),
-           "LATENTSERVE_MAX_BATCH_SIZE": "8"}  # fmt: skip
+           "LATENTSERVE_MAX_BATCH_SIZE": "8", "LATENTSERVE_MAX_EXPENSIVE_PER_CLIENT": "8"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"

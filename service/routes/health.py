@@ -45,5 +45,5 @@ async def ready(state: State) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(state: State) -> Response:
     """Requests by route/model/status, latency, batch sizes, queue depth, model load times."""
-    state.metrics.queue_depth.set(state.engine.depth)
+    state.metrics.queue_depth.set(state.engine.depth + state.operations.expensive.depth)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
