@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             warming.cancel()  # unfinished warm-up batches are skipped, requests are not
             await loading
             await asyncio.gather(engine.stop(), expensive.stop())
+            operations.encoder.shutdown(wait=True)
 
     # FastAPI asks OpenTelemetry for its global providers on every request unless told not
     # to (three environment lookups each time, ~6% of the event loop's time in the profile)

@@ -54,6 +54,14 @@ class DeadlineExceeded(Exception):
 _running = threading.local()  # the batch the current inference thread is running
 
 
+def lower_priority(nice: int, what: str) -> None:
+    """Add ``nice`` to the calling thread's nice value (Linux: each thread is a task of its own)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError) as exc:
+        log.warning("%s keeps its priority: %s", what, exc)
+
+
 def should_stop() -> bool:
     """For a long call on an inference thread: is everyone its batch was for gone (cancelled
     or past the deadline)? False outside a batch."""
@@ -182,10 +190,7 @@ class BatchEngine:
         """
         torch.set_num_threads(self.torch_threads)
         if self.nice:
-            try:  # Linux: a thread is a task of its own, with its own nice value
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-            except (OSError, AttributeError) as exc:
-                log.warning("%s lane keeps its priority: %s", self.name, exc)
+            lower_priority(self.nice, f"the {self.name} lane")
         while True:
             with self._ready:
                 while not self._pending and not self._stopping:

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         "is expensive; so is every search (GAN inversion)",
     )  # fmt: skip
     expensive_lane_nice: int = Field(
-        10, ge=0, le=19, description="nice value added to the expensive lane's thread (Linux)"
+        19, ge=0, le=19, description="nice value added to the expensive lane's threads (Linux)"
     )
     max_expensive_per_client: int = Field(
         2, ge=1, description="expensive requests one client address may have running (429 beyond)"

@@ -12,6 +12,7 @@ gives.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -26,7 +27,14 @@ from models import EncodeOutput, Op, SearchBudget, corrupt
 from models.imaging import to_pixels
 from models.operations import INPUTS, wrap_output
 
-from .batching import BatchEngine, BatchFn, DeadlineExceeded, Output, should_stop
+from .batching import (
+    BatchEngine,
+    BatchFn,
+    DeadlineExceeded,
+    Output,
+    lower_priority,
+    should_stop,
+)
 from .config import Settings
 from .context import CURRENT, RequestContext
 from .problems import InvalidInput, NotSupported, TimedOut, TooManyRequests
@@ -143,6 +151,12 @@ class Operations:
         self.budget = SearchBudget(settings.inversion_steps, settings.inversion_restarts,
                                    settings.inversion_time_budget_s, stop=should_stop)  # fmt: skip
         self._expensive_running: collections.Counter[str] = collections.Counter()  # by client
+        # large replies (GIFs, big grids) are encoded here: off the event loop, at the
+        # expensive lane's priority (an 80 ms GIF at normal priority took the cheap lane's CPU)
+        self.encoder = concurrent.futures.ThreadPoolExecutor(
+            1, "expensive-replies", initializer=lower_priority,
+            initargs=(settings.expensive_lane_nice, "the reply encoder"),
+        )  # fmt: skip
         # each served model's calls and method traces (tracing.py), made on first use; a
         # reload makes a new LoadedModel, and the old one's go with it
         self._calls: weakref.WeakKeyDictionary[LoadedModel, dict[tuple[str, bool], ModelCall]] = (

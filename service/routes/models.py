@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from functools import partial
@@ -85,12 +86,19 @@ class Job:
     def meta(self, **extra: Any) -> dict[str, Any]:
         return {"model": self.lm.name, **extra, "timing_ms": ms(self.started)}
 
-    def images(
+    async def images(
         self, images: dict[str, torch.Tensor], single: bool, extra: dict[str, Any] | None = None,
         **meta: Any,
     ) -> Response:  # fmt: skip
+        """The reply; a large one (a GIF, or more images than LATENTSERVE_EXPENSIVE_ROWS) is
+        encoded off the event loop: a 64-frame GIF held the loop for every other request."""
         level = self.state.settings.png_compress_level
-        return image_reply(self.fmt, images, self.meta(**meta), level, single, extra)
+        args = (self.fmt, images, self.meta(**meta), level, single, extra)
+        rows = sum(len(v) for v in images.values())
+        if self.fmt == "gif" or rows > self.state.settings.expensive_rows:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.state.operations.encoder, image_reply, *args)
+        return image_reply(*args)
 
     async def one_image(
         self, params_model: type[ImageParamsT]
@@ -144,7 +152,7 @@ async def decode(
     rows = [params.latent] if params.latent is not None else params.latents or []
     z = parse_latents(job.lm, rows, "latent" if params.latent is not None else "latents")
     images = await state.operations.decode(job.lm, z, pixels=job.fmt == "json")
-    return job.images({"images": images}, single=False)
+    return await job.images({"images": images}, single=False)
 
 
 @router.post(
@@ -158,7 +166,7 @@ async def reconstruct(
     job = begin(state, name, request, "reconstruct")
     _, x = await job.one_image(ImageParams)
     out = await state.operations.reconstruct(job.lm, x, pixels=job.fmt in ("json", "png"))
-    return job.images({"image": out}, single=True)
+    return await job.images({"image": out}, single=True)
 
 
 @router.post(
@@ -182,7 +190,7 @@ async def denoise(
         }
     out = await state.operations.reconstruct(job.lm, x, pixels=job.fmt in ("json", "png"))
     images = {"image": out, "input": x} if params.include_input else {"image": out}
-    return job.images(images, single=True, **noise)
+    return await job.images(images, single=True, **noise)
 
 
 @router.post(
@@ -203,7 +211,9 @@ async def interpolate(
         state.operations, job.lm, params, set(parsed.images), load
     )
     frames = await state.operations.interpolate(job.lm, za, zb, params.steps, params.method)
-    return job.images({"frames": frames}, single=False, steps=params.steps, method=params.method)
+    return await job.images(
+        {"frames": frames}, single=False, steps=params.steps, method=params.method
+    )
 
 
 @router.post(
@@ -226,7 +236,7 @@ async def arithmetic(
     images = {"image": decoded[:1]}
     if params.include_terms:
         images.update(a=decoded[1:2], b=decoded[2:3], c=decoded[3:4])
-    return job.images(images, True, {"latent": result.tolist()}, scale=params.scale)
+    return await job.images(images, True, {"latent": result.tolist()}, scale=params.scale)
 
 
 @router.post(
@@ -248,7 +258,7 @@ async def generate(
         job.lm, params.n, seed, params.temperature, label, pixels=job.fmt == "json"
     )
     chosen: dict[str, Any] = {} if label is None else {"class": job.lm.class_names[label]}
-    return job.images(
+    return await job.images(
         {"images": images}, False, seed=seed, temperature=params.temperature, **chosen
     )
 
