@@ -42,7 +42,9 @@ def main() -> int:
         atexit.register(os.unlink, name)
     uvicorn.run(
         app,
-        http=http_protocol(),  # uvicorn's httptools protocol, one write per reply
+        # uvicorn's httptools protocol, one write per reply, with the slow-client limits
+        # (create_app configures them in each worker)
+        http=http_protocol(),
         factory=settings.workers > 1,
         workers=settings.workers,
         host=settings.host,

@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from . import errors
+from . import errors, protocol
 from .batching import BatchEngine
 from .config import Settings
 from .dispatch import OperationDispatcher
@@ -36,6 +36,8 @@ bodies; results come back as JSON with PNG data URLs, raw arrays, PNG or GIF."""
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    protocol.configure(settings.client_timeout_s, settings.max_connections_per_client,
+                       settings.forwarded_allow_ips)  # fmt: skip
     metrics = Metrics()
     registry = ModelRegistry(settings.weights_dir, settings.models)
     engine = BatchEngine(

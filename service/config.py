@@ -37,6 +37,14 @@ class Settings(BaseSettings):
         "127.0.0.1", description="proxies whose X-Forwarded-For names the client (comma-separated "
         "addresses, or *): the client address of per-client limits",
     )  # fmt: skip
+    client_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request must arrive whole (headers and body) within "
+        "this many seconds of its first byte; the connection is closed otherwise",
+    )  # fmt: skip
+    max_connections_per_client: int = Field(
+        256, ge=1, description="open connections one address may hold (503 beyond); trusted "
+        "proxies (forwarded_allow_ips) are exempt",
+    )  # fmt: skip
     api_key: SecretStr | None = Field(
         None, description="enables /v1/admin/*, which then needs this value in X-API-Key"
     )

@@ -19,9 +19,10 @@ than failing to serve. tests/test_protocol.py fails with that message.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 
@@ -70,13 +71,75 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
+TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"retry-after: 1\r\nconnection: close\r\ncontent-length: 64\r\n\r\n"
+            b'{"detail": "too many connections from this address; retry later"}')  # fmt: skip
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """Also guards against slow and greedy clients (nginx's client_header_timeout and
+    limit_conn): a request must arrive whole, headers and body, within ``request_timeout_s``
+    of its first byte (or of the connection, for the first), else the connection is closed; and
+    one address may hold at most ``max_per_client`` connections (503 beyond), except trusted
+    proxies, whose clients are named by X-Forwarded-For. ``http_protocol`` sets both."""
+
+    request_timeout_s: float | None = None
+    max_per_client: int | None = None
+    trusted: frozenset[str] = frozenset()
+    _open: ClassVar[collections.Counter[str]] = collections.Counter()  # per address (a class's own)
+    _address: str | None = None
+    _arrival: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else None
+        if self.max_per_client and address and address not in self.trusted:
+            if self._open[address] >= self.max_per_client:
+                transport.write(TOO_MANY)
+                transport.close()
+                return
+            self._address = address
+            self._open[address] += 1
         super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
+        self._expect_request()
+
+    def _expect_request(self) -> None:
+        if self.request_timeout_s:
+            self._arrival = self.loop.call_later(self.request_timeout_s, self._too_slow)
+
+    def _too_slow(self) -> None:
+        """The request did not arrive in time: close, unless an answer is being written."""
+        self._arrival = None
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._arrival is None:
+            self._expect_request()
+
+    def on_message_complete(self) -> None:
+        if self._arrival is not None:
+            self._arrival.cancel()
+            self._arrival = None
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time
 
     def connection_lost(self, exc: Exception | None) -> None:
         """As uvicorn, and tell an unanswered request that its client is gone
         (context.py: its queued work is dropped, a running search stops)."""
+        if self._address is not None:
+            self._open[self._address] -= 1
+            if not self._open[self._address]:
+                del self._open[self._address]
+            self._address = None
+        if self._arrival is not None:
+            self._arrival.cancel()
+            self._arrival = None
+        if self.transport is None:  # refused in connection_made: uvicorn never saw it
+            return
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
@@ -98,7 +161,23 @@ def private_api_problem() -> str | None:
         return f"{where}: HttpToolsProtocol no longer keeps its event loop as self.loop"
     if "self.cycle" not in init or "response_complete" not in inspect.getsource(HttpToolsProtocol):
         return f"{where}: HttpToolsProtocol no longer keeps its request as self.cycle"
+    for hook in ("on_message_begin", "on_message_complete", "on_response_complete"):
+        if not callable(getattr(HttpToolsProtocol, hook, None)):
+            return f"{where}: HttpToolsProtocol has no {hook} parser callback any more"
     return None
+
+
+def configure(
+    request_timeout_s: float | None, max_per_client: int | None, trusted: str = "127.0.0.1"
+) -> None:
+    """Set the slow-client limits (``trusted``: uvicorn's forwarded_allow_ips form). Called by
+    ``create_app`` in each worker process: uvicorn's workers import the protocol class by name,
+    so the limits travel as the settings do, not with the class."""
+    proxies = frozenset(a.strip() for a in trusted.split(",") if a.strip())
+    cls = CoalescingHttpToolsProtocol
+    cls.request_timeout_s = request_timeout_s
+    cls.max_per_client = None if "*" in proxies else max_per_client
+    cls.trusted = proxies
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:

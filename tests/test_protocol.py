@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -86,10 +87,14 @@ async def app(scope, receive, send) -> None:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
+    yield from serve(CoalescingHttpToolsProtocol)
+
+
+def serve(protocol: Any) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(app, port=port, http=CoalescingHttpToolsProtocol, log_level="warning")
+    config = uvicorn.Config(app, port=port, http=protocol, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -146,3 +151,80 @@ def test_a_moved_api_falls_back_to_uvicorns_own_protocol(monkeypatch, caplog) ->
     assert "No module named 'httptools'" in (protocol.private_api_problem() or "")
     assert protocol.http_protocol() == "auto"
     assert "two writes per reply" in caplog.text
+
+
+@pytest.fixture
+def guarded() -> Iterator[str]:
+    """Requests must arrive within 0.5 s; 3 connections per address (loopback not trusted)."""
+    cls = CoalescingHttpToolsProtocol
+    saved = cls.request_timeout_s, cls.max_per_client, cls.trusted
+    protocol.configure(0.5, 3, "10.9.9.9")
+    try:
+        yield from serve(cls)
+    finally:
+        cls.request_timeout_s, cls.max_per_client, cls.trusted = saved
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 60) -> bool:
+    """True once the server has closed the connection (recv gives b"" or a reset)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_request_that_trickles_in_is_cut_off(guarded: str) -> None:
+    port = int(guarded.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+        closed = threading.Event()
+        watcher = threading.Thread(target=lambda: closed_by_server(sock) and closed.set())
+        watcher.start()
+        for i in range(200):  # one header line at a time, as a slowloris client does
+            if closed.is_set():
+                break
+            try:
+                sock.sendall(f"x-slow-{i}: 1\r\n".encode())
+            except OSError:
+                break
+            time.sleep(0.05)
+        watcher.join(60)
+        assert closed.is_set(), "the server kept a trickling request open"
+    with httpx.Client(base_url=guarded) as client:  # a whole request is answered as usual
+        assert client.post("/echo", content=b"hi").text == "echo hi"
+
+
+def test_an_idle_connection_that_sends_nothing_is_closed(guarded: str) -> None:
+    port = int(guarded.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        assert closed_by_server(sock)
+
+
+def test_connections_per_address_are_capped(guarded: str) -> None:
+    port = int(guarded.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            extra.settimeout(30)
+            reply = b""
+            while chunk := extra.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 30  # the server sees them close, then serves this address again
+    while True:
+        try:
+            with httpx.Client(base_url=guarded) as client:
+                if client.post("/echo", content=b"again").status_code == 201:
+                    break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the address stayed refused"
+        time.sleep(0.05)

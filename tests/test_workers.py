@@ -1,0 +1,99 @@
+"""With several workers, one killed by the OS (SIGKILL, as the OOM killer does) is replaced and
+serves again; the service answers throughout. What a client of the dead worker sees: its
+connection drops (a read error, or a reply cut short), so it may retry; every other request
+succeeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.__main__ import descendants
+
+from .conftest import png
+from .factories import write_tiny
+from .test_deploy import ROOT, free_port, wait_ready
+
+
+def workers(main_pid: int) -> set[int]:
+    """The worker processes: python children of the supervisor (not the resource tracker)."""
+    found = set()
+    for pid in descendants(main_pid)[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"multiprocessing.resource_tracker" not in cmdline:
+            found.add(pid)
+    return found
+
+
+def until(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "ae-t", "ae")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
+           "LATENTSERVE_WEIGHTS_DIR": str(tmp_path), "LATENTSERVE_WORKERS": "2"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    statuses: list[int] = []
+    dropped: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.Client(base_url=base, timeout=30) as client:
+                    while not stop.is_set():
+                        r = client.post("/v1/models/ae-t/reconstruct", content=png(),
+                                        headers={"content-type": "image/png"})  # fmt: skip
+                        statuses.append(r.status_code)
+            except httpx.TransportError as exc:  # a connection to the worker that died
+                dropped.append(type(exc).__name__)
+
+    try:
+        wait_ready(f"{base}/health/ready")
+        until(lambda: len(workers(proc.pid)) == 2, "two workers")
+        before = workers(proc.pid)
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        until(lambda: len(statuses) >= 50, "load on both workers")
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: victim not in workers(proc.pid), "the worker is gone")
+        ready = httpx.get(f"{base}/health/ready", timeout=30)
+        assert ready.status_code == 200  # the other worker serves meanwhile
+        until(lambda: len(workers(proc.pid) - before) == 1 and len(workers(proc.pid)) == 2,
+              "a new worker in its place")  # fmt: skip
+        wait_ready(f"{base}/health/ready")
+        served = len(statuses)
+        until(lambda: len(statuses) >= served + 100, "serving on after the replacement")
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+        # only the connections open on the dead worker broke: at most one per load thread
+        assert len(dropped) <= 4, dropped
+        assert proc.poll() is None  # the supervisor itself never went down
+    finally:
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
