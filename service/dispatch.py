@@ -77,10 +77,15 @@ class OperationDispatcher:
                 CURRENT.reset(token)
             response = result if isinstance(result, Response) else JSONResponse(result)
         except asyncio.CancelledError:
-            if ctx is None or not ctx.gone:
-                raise  # a real cancellation (shutdown): not ours to swallow
-            scope["latentserve.client_gone"] = True  # counted as 499, nginx's "client closed"
-            return  # the client left; its work was dropped and there is no one to answer
+            if ctx is not None and ctx.gone:
+                scope["latentserve.client_gone"] = True  # counted as 499, nginx's "client closed"
+                return  # the client left; its work was dropped and there is no one to answer
+            # uvicorn cancels what still runs when the shutdown grace period ends: the client
+            # may retry elsewhere, so say that (503), rather than an internal error (500)
+            response = JSONResponse(
+                {"detail": "the server is shutting down; retry on another replica"},
+                status_code=503, headers={"Retry-After": "1", "Connection": "close"},
+            )  # fmt: skip
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:

@@ -76,6 +76,9 @@ TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json
             b'{"detail": "too many connections from this address; retry later"}')  # fmt: skip
 
 
+DRAIN_S = 1.0  # how long an idle connection stays open once shutdown begins
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """Also guards against slow and greedy clients (nginx's client_header_timeout and
     limit_conn): a request must arrive whole, headers and body, within ``request_timeout_s``
@@ -89,6 +92,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     _open: ClassVar[collections.Counter[str]] = collections.Counter()  # per address (a class's own)
     _address: str | None = None
     _arrival: asyncio.TimerHandle | None = None
+    _draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         peer = transport.get_extra_info("peername")
@@ -124,8 +128,26 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._arrival = None
         super().on_message_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed: "Connection: close"
+
+    def shutdown(self) -> None:
+        """Graceful shutdown, without cutting off a request on the wire. uvicorn closes an idle
+        keep-alive connection at once, so a request its client sent at that instant was lost
+        (ReadError, RemoteProtocolError). Here an idle connection stays open ``DRAIN_S``
+        longer: a request that arrives meanwhile is answered with ``Connection: close``."""
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(DRAIN_S, self._close_if_idle)
+        else:
+            self.cycle.keep_alive = False
+
+    def _close_if_idle(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """As uvicorn, and tell an unanswered request that its client is gone
@@ -161,7 +183,7 @@ def private_api_problem() -> str | None:
         return f"{where}: HttpToolsProtocol no longer keeps its event loop as self.loop"
     if "self.cycle" not in init or "response_complete" not in inspect.getsource(HttpToolsProtocol):
         return f"{where}: HttpToolsProtocol no longer keeps its request as self.cycle"
-    for hook in ("on_message_begin", "on_message_complete", "on_response_complete"):
+    for hook in ("on_message_begin", "on_headers_complete", "on_message_complete", "shutdown"):
         if not callable(getattr(HttpToolsProtocol, hook, None)):
             return f"{where}: HttpToolsProtocol has no {hook} parser callback any more"
     return None

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,3 +88,90 @@ def test_sigterm_finishes_every_accepted_request(tmp_path: Path) -> None:
             proc.kill()
         out = proc.communicate(timeout=10)[0]
     assert "Application shutdown complete." in out and "Traceback" not in out, out[-2000:]
+
+
+def start_server(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
+           "LATENTSERVE_WEIGHTS_DIR": str(tmp_path), **settings}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/health/ready")
+    return proc, base
+
+
+def sigterm_under_keep_alive_load(tmp_path: Path, clients: int = 16) -> list[str]:
+    """Clients loop reconstruct on keep-alive connections; SIGTERM after 200 replies. The
+    outcome of every request: its status, "refused" (a new connection after the server
+    closed: nothing was lost), or the error that cut it off."""
+    from .conftest import png
+
+    proc, base = start_server(tmp_path)
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post("/v1/models/ae-t/reconstruct", content=png(),
+                                    headers={"content-type": "image/png"})  # fmt: skip
+                    outcomes.append(str(r.status_code))
+                except httpx.ConnectError:
+                    outcomes.append("refused")
+                    return
+                except httpx.TransportError as exc:
+                    outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        while len(outcomes) < 200:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        if proc.poll() is None:
+            proc.kill()
+    return outcomes
+
+
+def test_keep_alive_clients_lose_no_request_to_sigterm(tmp_path: Path) -> None:
+    """Three times over: every request sent on an open connection is answered (200, or 503
+    with Retry-After), none is cut off."""
+    write_tiny(tmp_path / "ae-t", "ae")
+    for _ in range(3):
+        outcomes = sigterm_under_keep_alive_load(tmp_path)
+        lost = {o: outcomes.count(o) for o in set(outcomes) - {"200", "503", "refused"}}
+        assert lost == {}, lost
+
+
+def test_work_still_running_when_the_grace_period_ends_gets_503(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "gan-t", "gan", image_shape=(1, 64, 64), width=32)
+    proc, base = start_server(tmp_path, LATENTSERVE_GRACEFUL_TIMEOUT_S="1",
+                              LATENTSERVE_INVERSION_STEPS="5000", LATENTSERVE_INVERSION_RESTARTS="1",
+                              LATENTSERVE_INVERSION_TIME_BUDGET_S="60")  # fmt: skip
+    from .conftest import png
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(httpx.post, f"{base}/v1/models/gan-t/encode", content=png(),
+                                headers={"content-type": "image/png"}, timeout=120)  # fmt: skip
+            until_running = time.monotonic() + 60
+            while "latentserve_queue_depth" not in httpx.get(f"{base}/metrics").text:
+                assert time.monotonic() < until_running
+            time.sleep(0.5)  # the search is under way (it runs for up to 60 s)
+            proc.send_signal(signal.SIGTERM)
+            r = reply.result(timeout=120)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "shutting down" in r.json()["detail"]
+        out = proc.communicate(timeout=60)[0]
+        assert "Traceback" not in out, out[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
