@@ -81,6 +81,18 @@ class LoadedModel:
         }
 
 
+@dataclasses.dataclass
+class Staged:
+    """Models loaded by ``ModelRegistry.stage`` and not yet serving."""
+
+    models: dict[str, LoadedModel]
+    failed: dict[str, str]
+    report: dict[str, Any]
+
+    def fresh(self) -> list[LoadedModel]:
+        return [self.models[name] for name in self.report["loaded"]]
+
+
 def _mtime(folder: Path) -> float:
     return max((p.stat().st_mtime for p in folder.iterdir() if p.is_file()), default=0.0)
 
@@ -132,7 +144,15 @@ class ModelRegistry:
 
     def load_all(self) -> dict[str, Any]:
         """(Re)load every model; keep the old version of any model whose files are bad."""
-        with self._lock:
+        staged = self.stage()
+        self.commit(staged)
+        return staged.report
+
+    def stage(self) -> Staged:
+        """Load what is new or changed beside the models being served, which keep serving;
+        ``commit`` swaps them in. One stage at a time (a lock, released by ``commit``)."""
+        self._lock.acquire()
+        try:
             self.plugins_failed = load_plugins()  # newly installed families, after a reload too
             names = self.discover()
             models: dict[str, LoadedModel] = {}
@@ -154,9 +174,18 @@ class ModelRegistry:
                     continue
                 models[name] = entry
                 report["unchanged" if entry is old else "loaded"].append(name)
-            self._models, self._failed = models, failed  # the swap: two reference assignments
+        except BaseException:
+            self._lock.release()
+            raise
+        return Staged(models, failed, report)
+
+    def commit(self, staged: Staged) -> None:
+        """The swap: two reference assignments; requests already running keep their model."""
+        try:
+            self._models, self._failed = staged.models, staged.failed
             self.loaded_once = True
-            return report
+        finally:
+            self._lock.release()
 
     def _load_one(self, name: str, old: LoadedModel | None) -> LoadedModel:
         if not valid_name(name):

@@ -25,12 +25,31 @@ POLL_SECONDS = 1.0
 def load_models(state: AppState) -> dict[str, Any]:
     """(Re)load every model in this worker and update the load metrics; the registry's report."""
     report = state.registry.load_all()
+    _loaded(state, report)
+    return report
+
+
+async def reload_models(state: AppState) -> dict[str, Any]:
+    """Reload without pausing requests: new and changed models load in a thread beside the
+    served ones, then their calls are traced (one small batch each, as requests would on
+    their first use) while the old versions still serve, and only then are they swapped in.
+    No request waits on a load or a trace."""
+    staged = await asyncio.to_thread(state.registry.stage)
+    try:
+        if state.settings.torchscript and staged.fresh():
+            await state.operations.warm_up(staged.fresh())
+    finally:
+        state.registry.commit(staged)
+    _loaded(state, staged.report)
+    return staged.report
+
+
+def _loaded(state: AppState, report: dict[str, Any]) -> None:
     for name, lm in state.registry.models.items():
         state.metrics.load_seconds.labels(name).set(lm.load_seconds)
     state.metrics.models_failed.set(len(state.registry.failed))
     log.info("models ready: %s; failed: %s", sorted(state.registry.models),
              list(report["failed"]) or "none")  # fmt: skip
-    return report
 
 
 class ReloadSignal:
@@ -67,6 +86,6 @@ async def follow(state: AppState, signal: ReloadSignal, interval: float = POLL_S
         await asyncio.sleep(interval)
         if signal.changed():
             try:
-                await asyncio.to_thread(load_models, state)
+                await reload_models(state)
             except Exception:  # a failed reload must not stop the following ones
                 log.exception("reload on signal failed")

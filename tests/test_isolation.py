@@ -266,3 +266,39 @@ def test_a_client_that_leaves_stops_its_search(server: str) -> None:
     r = httpx.post(f"{server}/v1/models/ae-t/reconstruct", content=png(),
                    headers={"content-type": "image/png"}, timeout=30)  # fmt: skip
     assert r.status_code == 200
+
+
+def test_a_reload_loads_and_traces_beside_the_served_models(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "ae-t", "ae")
+    client = start(Settings(weights_dir=tmp_path, api_key="k" * 24))
+    state = client.app.state.latentserve  # type: ignore[attr-defined]
+    registry = state.registry
+    loading, release = threading.Event(), threading.Event()
+    original = registry._load_one
+
+    def slow_load(name, old):  # the new model's load takes as long as the test wants
+        if name == "vae-new":
+            loading.set()
+            release.wait(60)
+        return original(name, old)
+
+    registry._load_one = slow_load
+    try:
+        write_tiny(tmp_path / "vae-new", "vae")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reload = pool.submit(client.post, "/v1/admin/reload", headers={"x-api-key": "k" * 24})
+            assert loading.wait(60)
+            for _ in range(5):  # served meanwhile, by the models already loaded
+                r = client.post("/v1/models/ae-t/reconstruct", content=png(),
+                                headers={"content-type": "image/png"})  # fmt: skip
+                assert r.status_code == 200
+            assert client.get("/v1/models/vae-new").status_code == 404  # not swapped in yet
+            release.set()
+            assert reload.result(timeout=60).json()["loaded"] == ["vae-new"]
+        lm = registry.get("vae-new")
+        # traced before the swap: its first request waits for no trace
+        for method in ("encode_distribution", "decode", "reconstruct"):
+            assert state.operations.traced(lm, method).state == "traced", method
+    finally:
+        registry._load_one = original
+        client.__exit__(None, None, None)
