@@ -94,7 +94,7 @@ def main() -> int:
     rows = []
     with server([sys.executable, "-m", "service"], env, f"{base}/health/ready"):
         url = f"{base}/v1/models/ae-fashion/reconstruct"
-        wrk(url, files["json"], CLIENTS, 2)  # warm-up
+        wrk(url, files["json"], CLIENTS, args.seconds)  # warm-up: traces, buffers, batch shapes
         alone = wrk(url, files["json"], CLIENTS, args.seconds)
         rows.append(("alone", alone, []))
         print(f"alone: {alone['rps']:,.0f} req/s, p99 {alone['p99_ms']:.1f} ms", flush=True)
@@ -104,6 +104,9 @@ def main() -> int:
             rows.append((name, beside, statuses))
             print(f"beside {name}: {beside['rps']:,.0f} req/s, p99 {beside['p99_ms']:.1f} ms, "
                   f"{len(statuses)} expensive done {sorted(set(statuses))}", flush=True)  # fmt: skip
+        again = wrk(url, files["json"], CLIENTS, args.seconds)  # alone again: the drift
+        rows.append(("alone, again", again, []))
+        print(f"alone again: {again['rps']:,.0f} req/s, p99 {again['p99_ms']:.1f} ms", flush=True)
         usual = latency_ms(base, png)
         for _ in range(4):
             with contextlib.suppress(httpx.TimeoutException):
