@@ -71,9 +71,12 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            b"retry-after: 1\r\nconnection: close\r\ncontent-length: 64\r\n\r\n"
-            b'{"detail": "too many connections from this address; retry later"}')  # fmt: skip
+_TOO_MANY_BODY = b'{"detail": "too many connections from this address; retry later"}'
+TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_TOO_MANY_BODY)).encode() + b"\r\n\r\n"
+    + _TOO_MANY_BODY
+)  # fmt: skip
 
 
 DRAIN_S = 1.0  # how long an idle connection stays open once shutdown begins

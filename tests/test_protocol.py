@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -214,7 +215,9 @@ def test_connections_per_address_are_capped(guarded: str) -> None:
             reply = b""
             while chunk := extra.recv(4096):
                 reply += chunk
-        assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head
+        assert json.loads(body) == {"detail": "too many connections from this address; retry later"}
     finally:
         for sock in held:
             sock.close()
