@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
 import secrets
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import partial
 
 import torch
@@ -215,34 +216,35 @@ class Operations:
     ) -> Output:
         """The declared call on ``x``, in its lane, by the request's deadline (context.py)."""
         call = self.call(lm, operation, pixels)
-        ctx = CURRENT.get()
         s = self.settings
-        if not (call.search or len(x) > s.expensive_rows):
-            if ctx is None:
-                return await self.engine.run(call, x)
-            deadline = ctx.deadline(s.request_timeout_s)
+        expensive = call.search or len(x) > s.expensive_rows
+        engine = self.expensive if expensive else self.engine
+        ctx = CURRENT.get()
+        if ctx is None:  # not from a request (warm-up, tests): no deadline, no client
+            return await engine.run(call, x)
+        default_s = s.expensive_timeout_s if expensive else s.request_timeout_s
+        with self._expensive_slot(ctx.client) if expensive else contextlib.nullcontext():
             try:
-                return await self.engine.run(call, x, deadline, ctx.when_gone)
+                return await engine.run(call, x, ctx.deadline(default_s), ctx.when_gone)
             except DeadlineExceeded:
-                raise self._timed_out(ctx, s.request_timeout_s) from None
-        if ctx is None:
-            return await self.expensive.run(call, x)
-        if self._expensive_running[ctx.client] >= s.max_expensive_per_client:
+                raise self._timed_out(ctx, default_s) from None
+
+    @contextlib.contextmanager
+    def _expensive_slot(self, client: str) -> Iterator[None]:
+        """One of the client's ``max_expensive_per_client`` places in the expensive lane."""
+        s = self.settings
+        if self._expensive_running[client] >= s.max_expensive_per_client:
             raise TooManyRequests(
                 f"this client already has {s.max_expensive_per_client} expensive requests "
                 f"running (searches, or more than {s.expensive_rows} rows); retry when one has finished"
             )
-        self._expensive_running[ctx.client] += 1
+        self._expensive_running[client] += 1
         try:
-            return await self.expensive.run(
-                call, x, ctx.deadline(s.expensive_timeout_s), ctx.when_gone
-            )
-        except DeadlineExceeded:
-            raise self._timed_out(ctx, s.expensive_timeout_s) from None
+            yield
         finally:
-            self._expensive_running[ctx.client] -= 1
-            if not self._expensive_running[ctx.client]:
-                del self._expensive_running[ctx.client]
+            self._expensive_running[client] -= 1
+            if not self._expensive_running[client]:
+                del self._expensive_running[client]
 
     @staticmethod
     def _timed_out(ctx: RequestContext, default_s: float) -> TimedOut:
