@@ -61,6 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await expensive.start()
         loading = asyncio.create_task(asyncio.to_thread(load_models, state))
         following = asyncio.create_task(follow(state, signal)) if signal else None
+        if settings.workers > 1:
+            # A worker starts accepting when this returns. Alone, a server answers while it
+            # loads (readiness says 503 until it has); beside others, a worker that accepted
+            # before its models loaded would answer 503 to requests its siblings could serve,
+            # as a worker the supervisor restarts after a crash would.
+            await asyncio.shield(loading)
 
         async def warm_up() -> None:
             await asyncio.shield(loading)
