@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,20 @@ def client(weights_dir: Path) -> Iterator[TestClient]:
     )
     yield c
     c.__exit__(None, None, None)
+
+
+def until(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
+    """Wait for a state; the bound only stops a hung test, it is not a speed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def metric_sum(text: str, prefix: str, contains: str = "") -> float:
+    """The sum of the Prometheus samples in ``text`` whose line starts with ``prefix``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix) and contains in line)  # fmt: skip
 
 
 def png(

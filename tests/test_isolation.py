@@ -22,21 +22,13 @@ from fastapi.testclient import TestClient
 from service import Settings
 from service.batching import BatchEngine, DeadlineExceeded, should_stop
 
-from .conftest import png, start
+from .conftest import metric_sum, png, start, until
 from .factories import write_tiny
 from .test_deploy import ROOT, free_port, wait_ready
 
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def until(condition, what: str, timeout: float = 60) -> None:
-    """Wait for a state; the bound only stops a hung test."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.005)
 
 
 # --- the engine ---
@@ -164,13 +156,22 @@ def encode(client: TestClient, **headers: str) -> httpx.Response:
     )
 
 
+def search_running(
+    pool: concurrent.futures.Executor, client: TestClient, timeout: str
+) -> concurrent.futures.Future[httpx.Response]:
+    """Send an encode whose search runs until its X-Request-Timeout; return once it runs."""
+    lanes = client.app.state.latentserve.operations  # type: ignore[attr-defined]
+    reply = pool.submit(encode, client, **{"x-request-timeout": timeout})
+    until(lambda: lanes.expensive.busy, "the inversion runs")
+    return reply
+
+
 def test_cheap_requests_pass_a_running_expensive_one(slow_gan: Path) -> None:
     client = long_search(slow_gan)
     lanes = client.app.state.latentserve.operations  # type: ignore[attr-defined]
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            slow = pool.submit(encode, client, **{"x-request-timeout": "3"})
-            until(lambda: lanes.expensive.busy, "the inversion runs")
+            slow = search_running(pool, client, "3")
             for _ in range(5):  # cheap work keeps flowing beside it
                 r = client.post("/v1/models/ae-t/reconstruct", content=png(),
                                 headers={"content-type": "image/png"})  # fmt: skip
@@ -183,11 +184,9 @@ def test_cheap_requests_pass_a_running_expensive_one(slow_gan: Path) -> None:
 
 def test_deadlines_stop_running_and_queued_work_with_504(slow_gan: Path) -> None:
     client = long_search(slow_gan, max_expensive_per_client=4)
-    lanes = client.app.state.latentserve.operations  # type: ignore[attr-defined]
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            running = pool.submit(encode, client, **{"x-request-timeout": "1.5"})
-            until(lambda: lanes.expensive.busy, "the inversion runs")
+            running = search_running(pool, client, "1.5")
             queued = pool.submit(encode, client, **{"x-request-timeout": "0.5"})
             r = running.result(timeout=120)
             assert r.status_code == 504, r.text
@@ -208,11 +207,9 @@ def test_deadlines_stop_running_and_queued_work_with_504(slow_gan: Path) -> None
 
 def test_one_client_cannot_fill_the_expensive_lane(slow_gan: Path) -> None:
     client = long_search(slow_gan, max_expensive_per_client=1)
-    lanes = client.app.state.latentserve.operations  # type: ignore[attr-defined]
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            first = pool.submit(encode, client, **{"x-request-timeout": "3"})
-            until(lambda: lanes.expensive.busy, "the inversion runs")
+            first = search_running(pool, client, "3")
             second = encode(client)
             assert second.status_code == 429 and second.headers["retry-after"] == "1"
             assert "already has 1 expensive requests running" in second.json()["detail"]
@@ -245,8 +242,7 @@ def server(slow_gan: Path) -> Iterator[str]:
 
 
 def metric(base: str, line_start: str) -> float:
-    text = httpx.get(f"{base}/metrics").text
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(line_start))
+    return metric_sum(httpx.get(f"{base}/metrics").text, line_start)
 
 
 def test_a_client_that_leaves_stops_its_search(server: str) -> None:

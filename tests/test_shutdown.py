@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from .conftest import metric_sum
 from .factories import write_tiny
 from .test_deploy import ROOT, free_port, wait_ready
 
@@ -20,11 +21,6 @@ from .test_deploy import ROOT, free_port, wait_ready
 # running when the grace period ends is cancelled (that would be the server's fault only if
 # the period had been respected, which the exit-time assertion checks).
 GRACE_S = 60
-
-
-def metric(text: str, name: str, contains: str = "") -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and contains in line)  # fmt: skip
 
 
 def wait_all_accepted(base: str, n: int) -> None:
@@ -35,9 +31,9 @@ def wait_all_accepted(base: str, n: int) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         text = httpx.get(f"{base}/metrics", timeout=10).text
-        queued = metric(text, "latentserve_queue_depth")
+        queued = metric_sum(text, "latentserve_queue_depth")
         answered = (
-            metric(text, "latentserve_requests_total", 'route="/v1/models/{name}/generate"') - 1
+            metric_sum(text, "latentserve_requests_total", 'route="/v1/models/{name}/generate"') - 1
         )
         if queued >= 1 and queued + answered == n - 1:
             return

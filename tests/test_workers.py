@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from bench.__main__ import descendants
 
-from .conftest import png
+from .conftest import png, until
 from .factories import write_tiny
 from .test_deploy import ROOT, free_port, wait_ready
 
@@ -33,13 +32,6 @@ def workers(main_pid: int) -> set[int]:
         if b"multiprocessing.resource_tracker" not in cmdline:
             found.add(pid)
     return found
-
-
-def until(condition, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
 
 
 def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path: Path) -> None:
