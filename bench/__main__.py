@@ -225,6 +225,31 @@ def raw_forward_rate(
     return done / (time.perf_counter() - started)
 
 
+def sampling_rates(
+    names: tuple[str, ...] = ("pixelcnn-fashion", "made-fashion", "rbm-fashion"),
+    sizes: tuple[int, ...] = (16, 64),
+    threads: int = 2,
+) -> dict[str, dict[int, float]]:
+    """Images/s of ``generate`` for the sequential samplers (pixel by pixel, or Gibbs
+    steps), in this process, through the declared operation exactly as the service runs it."""
+    torch.set_num_threads(threads)
+    rates: dict[str, dict[int, float]] = {}
+    for name in names:
+        folder = ROOT / "weights" / name
+        if not folder.is_dir():
+            continue
+        model = load_model(folder)
+        rates[name] = {}
+        with torch.inference_mode():
+            model.sample(2, torch.Generator().manual_seed(0))  # warm-up
+            for n in sizes:
+                started = time.perf_counter()
+                model.sample(n, torch.Generator().manual_seed(1))
+                rates[name][n] = n / (time.perf_counter() - started)
+                print(f"{name:18} generate n={n:<3} {rates[name][n]:8.2f} images/s", flush=True)
+    return rates
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="wrk duration per point")
@@ -235,7 +260,16 @@ def main() -> int:
     parser.add_argument("--servers", nargs="+", default=["latentserve", "fastapi", "litserve"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--generate-model", default="gan-fashion")
+    parser.add_argument(
+        "--sampling-only", action="store_true",
+        help="only the sequential samplers' generate rates (pixelcnn, made, rbm); no servers",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.sampling_only:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        rates = sampling_rates()
+        (RESULTS / "sampling.json").write_text(json.dumps(rates, indent=1) + "\n")
+        return 0
     # the plot needs matplotlib (train extra), the LitServe peer the bench extra: say so now,
     # not after a quarter of an hour of measuring
     require("python -m bench", "train", *(["bench"] if "litserve" in args.servers else []))
@@ -254,6 +288,7 @@ def main() -> int:
 
     # First, on an idle machine: the in-process reference the generate route is compared with.
     results["raw_forward_images_per_s"] = raw_forward_rate(ROOT / "weights" / args.generate_model)
+    results["sampling_images_per_s"] = sampling_rates()  # pixelcnn, made, rbm: n=16 and 64
     for name in args.servers:
         for workers in args.workers:
             port = free_port()

@@ -6,7 +6,20 @@ x_hat = model.decode(z)
 save_model(model, "somewhere/")             # config.json + model.safetensors
 """
 
-from . import autoencoder, cgan, classifier, cvae, denoising, gan, sparse, stacked, vae
+from . import (
+    autoencoder,
+    cgan,
+    classifier,
+    cvae,
+    denoising,
+    gan,
+    made,
+    pixelcnn,
+    rbm,
+    sparse,
+    stacked,
+    vae,
+)
 from .base import (
     FAMILIES,
     ConfigError,
@@ -20,8 +33,10 @@ from .operations import (
     OPERATIONS,
     ClassifyOutput,
     DeclarationError,
+    Density,
     EncodeOutput,
     ImageOutput,
+    LikelihoodOutput,
     ModelOutput,
     Op,
     SearchBudget,
@@ -35,9 +50,11 @@ __all__ = [
     "ClassifyOutput",
     "ConfigError",
     "DeclarationError",
+    "Density",
     "EncodeOutput",
     "ImageOutput",
     "LatentModel",
+    "LikelihoodOutput",
     "ModelConfig",
     "ModelOutput",
     "Op",
@@ -51,6 +68,9 @@ __all__ = [
     "denoising",
     "gan",
     "load_model",
+    "made",
+    "pixelcnn",
+    "rbm",
     "read_config",
     "save_model",
     "sparse",

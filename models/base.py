@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from .operations import ModelOutput, Op, check_declaration, wrap_output
+from .operations import Density, ModelOutput, Op, check_declaration, wrap_output
 
 ImageShape = tuple[int, int, int]
 
@@ -30,6 +30,8 @@ class ModelConfig:
 
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W), pixels in [0, 1]
     latent_dim: int = 32  # size of the code z
+    #: False for a family without a latent code (a PixelCNN): its latent_dim is 0
+    has_code: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.image_shape = _as_shape(self.image_shape)
@@ -40,7 +42,12 @@ class ModelConfig:
             raise ConfigError(f"image_shape: images must be square, got {height}x{width}")
         if not 8 <= height <= 256:
             raise ConfigError(f"image_shape: side must be between 8 and 256, got {height}")
-        check_positive(self, "latent_dim")
+        if self.has_code:
+            check_positive(self, "latent_dim")
+        elif self.latent_dim != 0:
+            raise ConfigError(
+                f"latent_dim: this family has no latent code, so it must be 0, got {self.latent_dim}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +108,8 @@ class LatentModel(nn.Module):
     #: what sample_latent draws codes from, for clients that explore the code by hand
     #: ("normal": N(0, I) in every unit); None for a model without a prior
     latent_prior: ClassVar[str | None] = None
+    #: what ``log_likelihood`` computes, for a family that declares it (operations.Density)
+    density: ClassVar[Density | None] = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ Generative Models", NeurIPS 2014 (the M2 model, whose encoder also predicts the 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from .base import LatentModel, check_code_shape, check_images, check_range, regi
 from .blocks import ConvDecoder, ConvEncoder
 from .conditioning import ConditionalCode, check_class_names
 from .operations import Op
-from .vae import VAE, VAEConfig
+from .vae import VAE, VAEConfig, bound_from_posterior
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ class ConditionalVAE(ConditionalCode, VAE):
         "decode": Op("decode"),
         "reconstruct": Op("reconstruct"),
         "generate": Op("decode", prepare="sample_latent"),
+        "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
     }
     example_config = {"latent_dim": 3, "width": 4, "class_names": ["boot", "sandal", "bag"]}
     config: CVAEConfig
@@ -103,6 +105,25 @@ class ConditionalVAE(ConditionalCode, VAE):
         """x [B, C, H, W] -> code [B, K + num_classes]: [mu(x, y_hat), y_hat = softmax(logits)]."""
         mu, _, logits = self.encode_parts(x)
         return torch.cat([mu, torch.softmax(logits, dim=1)], dim=1)
+
+    def log_likelihood(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        """A lower bound on log p(x) = log sum_y p(y) p(x | y) in nats [B], with a uniform
+        p(y) over the classes: the VAE's bound of each p(x | y) (its ELBO, or its
+        importance-weighted bound with K = ``samples``) for every class, log-sum-exp'ed.
+        Every class is tried, so the number needs no label and no class guess."""
+        check_images(self, x)
+        b, n = x.shape[0], self.num_classes
+        labels = torch.arange(n).repeat(b)  # [B * n]: every class for every image
+        xs = x.repeat_interleave(n, 0)
+        mu, log_var, _ = self.encode_parts(xs, labels)
+        per_class = bound_from_posterior(
+            xs,
+            mu,
+            log_var,
+            samples,
+            lambda z: self.decode_logits(self.join(z, labels.repeat_interleave(samples))),
+        ).view(b, n)
+        return torch.logsumexp(per_class, 1) - math.log(n)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """code [B, K + num_classes] -> logits [B, C, H, W]."""

@@ -33,10 +33,16 @@ import torch
 
 #: The operations of the API that a model itself provides. The service composes others from
 #: these (denoise and interpolate, arithmetic from decode; reconstruct from encode + decode).
-OPERATIONS = ("encode", "decode", "reconstruct", "generate", "classify")
+OPERATIONS = ("encode", "decode", "reconstruct", "generate", "classify", "likelihood")
 
 #: What each operation's method takes: images [B, C, H, W] in [0, 1], or codes [B, latent_dim].
-INPUTS = {"encode": "images", "reconstruct": "images", "classify": "images", "decode": "latents"}
+INPUTS = {
+    "encode": "images",
+    "reconstruct": "images",
+    "classify": "images",
+    "likelihood": "images",
+    "decode": "latents",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,33 @@ class SearchBudget:
     restarts: int = 4
     time_s: float | None = None
     stop: Callable[[], bool] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Density:
+    """What a family's ``log_likelihood`` computes, declared beside it.
+
+    ``kind`` is "exact", "lower bound (ELBO)" or "AIS estimate"; a family whose method takes
+    ``samples`` (K importance samples, Burda et al. 2016) gives the ELBO at K = 1 and the
+    importance-weighted bound above. ``convention`` names how grey levels are read, because
+    numbers under different conventions are not comparable: "8-bit discrete" (a distribution
+    over the 256 values of each pixel), "Bernoulli on grey levels" (each level in [0, 1] is the
+    probability of a binary pixel, as in most VAE papers), "binarized at 0.5".
+    """
+
+    kind: str
+    convention: str
+    takes_samples: bool = False
+
+    def describe(self, samples: int = 1) -> str:
+        """The kind of the number ``log_likelihood`` gives with ``samples`` importance samples."""
+        if not self.takes_samples or samples == 1:
+            return self.kind
+        return f"importance-weighted bound (K={samples})"
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "exact"
 
 
 @dataclasses.dataclass
@@ -108,6 +141,14 @@ class ClassifyOutput(ModelOutput):
     KIND: ClassVar[str] = "classify"
 
 
+@dataclasses.dataclass
+class LikelihoodOutput(ModelOutput):
+    """log p(x) in nats [B] (or the bound or estimate the family's ``density`` names)."""
+
+    log_likelihood: torch.Tensor
+    KIND: ClassVar[str] = "likelihood"
+
+
 def wrap_output(
     operation: str, op: Op, raw: torch.Tensor | tuple[torch.Tensor, ...]
 ) -> ModelOutput:
@@ -128,6 +169,8 @@ def wrap_output(
         )
     if operation == "classify":
         return ClassifyOutput(probabilities=values[0])
+    if operation == "likelihood":
+        return LikelihoodOutput(log_likelihood=values[0])
     return ImageOutput(images=values[0])
 
 
@@ -141,6 +184,20 @@ ENCODE_RETURNS = {"value", "latent", "mean", "log_var", "reconstruction_error"}
 def check_declaration(cls: type, ops: dict[str, Op], example_config: dict[str, Any]) -> None:
     """Refuse a family whose declaration names operations or methods it does not have."""
     name = getattr(cls, "family", cls.__name__)
+    density = getattr(cls, "density", None)
+    if ("likelihood" in ops) != isinstance(density, Density):
+        raise DeclarationError(
+            f"family {name!r}: likelihood and density=Density(...) go together; "
+            "declare both or neither"
+        )
+    if density is not None and "likelihood" in ops:
+        ll_method = ops["likelihood"].method
+        takes = "samples" in inspect.signature(getattr(cls, ll_method)).parameters
+        if takes != density.takes_samples:
+            raise DeclarationError(
+                f"family {name!r}: density.takes_samples={density.takes_samples}, but "
+                f"{ll_method} {'takes' if takes else 'does not take'} samples="
+            )
     if not isinstance(ops, dict) or not all(isinstance(op, Op) for op in ops.values()):
         raise DeclarationError(f"family {name!r}: operations must be a dict of API operation -> Op")
     unknown = sorted(set(ops) - set(OPERATIONS))
@@ -168,9 +225,9 @@ def check_declaration(cls: type, ops: dict[str, Op], example_config: dict[str, A
             )
         if operation != "encode" and len(op.returns) != 1:
             raise DeclarationError(f"family {name!r}: {operation} must return one tensor")
-    if "generate" in ops and "decode" in ops and ops["generate"].prepare != "sample_latent":
+    if "generate" in ops and ops["generate"].prepare == "sample_latent" and "decode" not in ops:
         raise DeclarationError(
-            f"family {name!r}: with decode, generate must draw codes with sample_latent "
+            f"family {name!r}: generate draws codes with sample_latent, so it must declare decode "
             "(interpolation between seeds decodes those codes)"
         )
     if not isinstance(example_config, dict):

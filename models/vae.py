@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .base import check_images, check_range, register
-from .operations import Op
+from .operations import Density, Op
 
 
 @dataclasses.dataclass
@@ -46,7 +47,11 @@ class VAE(Autoencoder):
         "decode": Op("decode"),
         "reconstruct": Op("reconstruct"),
         "generate": Op("decode", prepare="sample_latent"),  # codes from the prior, decoded
+        "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
     }
+    density = Density(
+        kind="lower bound (ELBO)", convention="Bernoulli on grey levels", takes_samples=True
+    )
     example_config = {"latent_dim": 3, "width": 4}
     latent_prior = "normal"
     config: VAEConfig
@@ -110,3 +115,45 @@ class VAE(Autoencoder):
         mu_r, lv_r = mu.repeat_interleave(samples, 0), log_var.repeat_interleave(samples, 0)
         log_qz = -0.5 * ((z - mu_r).pow(2) / lv_r.exp() + lv_r + log_2pi).sum(1)
         return (log_px + log_pz - log_qz).view(b, samples)
+
+    def log_likelihood(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        """A lower bound on log p(x) in nats [B]: the ELBO (analytic KL) with ``samples`` = 1,
+        the importance-weighted bound with K = ``samples`` above (Burda et al. 2016).
+
+        The noise is the same K draws for every row (common random numbers from a fixed
+        seed), so an image's number does not depend on what it is batched with."""
+        mu, log_var = self.encode_distribution(x)
+        return bound_from_posterior(x, mu, log_var, samples, self.decode_logits)
+
+
+def fixed_noise(samples: int, dim: int) -> torch.Tensor:
+    """The K standard normal draws every row shares [K, dim]."""
+    return torch.randn(samples, dim, generator=torch.Generator().manual_seed(0))
+
+
+def bound_from_posterior(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    log_var: torch.Tensor,
+    samples: int,
+    to_logits: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """ELBO (``samples`` = 1) or IW bound [B] of images x [B, C, H, W] for the Gaussian
+    posterior (mu, log_var) [B, K] and a Bernoulli decoder ``to_logits``: codes [N, K] ->
+    logits [N, C, H, W]."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    b, k = mu.shape
+    eps = fixed_noise(samples, k).to(mu.dtype)  # [S, K]
+    z = mu.unsqueeze(1) + torch.exp(0.5 * log_var).unsqueeze(1) * eps  # [B, S, K]
+    logits = to_logits(z.reshape(b * samples, k))
+    target = x.repeat_interleave(samples, 0)
+    log_px = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    log_px = log_px.flatten(1).sum(1).view(b, samples)  # [B, S]
+    if samples == 1:
+        kl = -0.5 * (1 + log_var - mu.pow(2) - log_var.exp()).sum(dim=1)
+        return log_px[:, 0] - kl
+    log_2pi = math.log(2 * math.pi)
+    log_pz = -0.5 * (z.pow(2) + log_2pi).sum(2)  # [B, S]
+    log_qz = -0.5 * (eps.pow(2).unsqueeze(0) + log_var.unsqueeze(1) + log_2pi).sum(2)
+    return torch.logsumexp(log_px + log_pz - log_qz, 1) - math.log(samples)

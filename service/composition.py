@@ -56,9 +56,11 @@ async def interpolation_ends(
             raise InvalidInput("give both latent_a and latent_b")
         z = parse_latents(lm, [params.latent_a, params.latent_b], "latent_a/latent_b")
         return z[0], z[1]
-    if "generate" not in lm.operations:
+    generate = lm.model.operations.get("generate")
+    if generate is None or generate.prepare != "sample_latent":
         raise NotSupported(
-            f"model {lm.name!r} has no prior to draw seeds from; use images or latents"
+            f"model {lm.name!r} draws no codes from a prior, so seeds have no latents; "
+            "use images or latents"
         )
     if params.seed_a is None or params.seed_b is None:
         raise InvalidInput("give both seed_a and seed_b")

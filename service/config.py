@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     )
     max_n: int = Field(256, ge=1, le=4096, description="largest n for generate")
     max_steps: int = Field(64, ge=2, le=1024, description="largest steps for interpolate")
+    # likelihood and anomaly (service/density.py)
+    likelihood_samples: int = Field(
+        1, ge=1, le=100_000, description="default importance samples K of a VAE's likelihood "
+        "(1: the ELBO; more: the importance-weighted bound)",
+    )  # fmt: skip
+    max_likelihood_samples: int = Field(
+        1000, ge=1, le=100_000, description="largest samples a likelihood request may ask for"
+    )
+    anomaly_percentile: float = Field(
+        99.0, gt=0, lt=100, description="an image is anomalous when its score's percentile "
+        "among held-out training-like images is above this",
+    )  # fmt: skip
     # GAN inversion (encode / reconstruct for GANs)
     inversion_steps: int = Field(200, ge=1, le=5000, description="Adam steps when inverting a GAN")
     inversion_restarts: int = Field(

@@ -43,6 +43,7 @@ from .registry import LoadedModel
 from .tracing import TracedCall
 
 log = logging.getLogger("latentserve.inference")
+CallKey = tuple[str, bool, tuple[tuple[str, int], ...]]  # operation, pixels, options
 
 
 def new_seed() -> int:
@@ -113,6 +114,8 @@ class ModelCall:
     pixels: bool = False
     fn: BatchFn = dataclasses.field(compare=False, repr=False, default=lambda x: x)
     search: bool = False  # an iterative search: always the expensive lane
+    #: keyword arguments of the method (likelihood's samples), sorted: part of the key
+    options: tuple[tuple[str, int], ...] = ()
 
     def __call__(self, x: torch.Tensor) -> Output:
         return self.fn(x)
@@ -124,10 +127,20 @@ class ModelCall:
             return True
         if not isinstance(other, ModelCall):
             return NotImplemented
-        return self.lm is other.lm and self.method == other.method and self.pixels == other.pixels
+        return (
+            self.lm is other.lm
+            and self.method == other.method
+            and self.pixels == other.pixels
+            and self.options == other.options
+        )
 
     def __hash__(self) -> int:
-        return hash((id(self.lm), self.method, self.pixels))
+        return hash((id(self.lm), self.method, self.pixels, self.options))
+
+    @property
+    def cost(self) -> int:
+        """Model passes per row: the importance samples of a likelihood bound, else 1."""
+        return max((value for key, value in self.options if key == "samples"), default=1)
 
     @property
     def label(self) -> tuple[str, str]:
@@ -160,7 +173,7 @@ class Operations:
         )  # fmt: skip
         # each served model's calls and method traces (tracing.py), made on first use; a
         # reload makes a new LoadedModel, and the old one's go with it
-        self._calls: weakref.WeakKeyDictionary[LoadedModel, dict[tuple[str, bool], ModelCall]] = (
+        self._calls: weakref.WeakKeyDictionary[LoadedModel, dict[CallKey, ModelCall]] = (
             weakref.WeakKeyDictionary()
         )  # fmt: skip
         self._traces: weakref.WeakKeyDictionary[LoadedModel, dict[str, TracedCall]] = (
@@ -179,13 +192,18 @@ class Operations:
             )
         return traces[method]
 
-    def call(self, lm: LoadedModel, operation: str, pixels: bool = False) -> ModelCall:
+    def call(
+        self, lm: LoadedModel, operation: str, pixels: bool = False, **options: int
+    ) -> ModelCall:
         """The batched call for a declared operation (``generate`` runs its ``method``); with
         ``pixels``, images come back as uint8 [n, H, W, C], converted once per batch on the
-        inference thread (per request on the event loop it was ~5% of the loop's time)."""
+        inference thread (per request on the event loop it was ~5% of the loop's time).
+        ``options`` are keyword arguments of the method (``samples``): calls with different
+        options never share a batch."""
+        key = (operation, pixels, tuple(sorted(options.items())))
         calls = self._calls.get(lm)  # get, not setdefault: that makes a weakref per call
         if calls is not None:
-            found = calls.get((operation, pixels))
+            found = calls.get(key)
             if found is not None:
                 return found
         else:
@@ -194,12 +212,14 @@ class Operations:
         fn: BatchFn
         if op.search:  # iterative: never traced, run with the settings' budget
             fn = partial(getattr(lm.model, op.method), budget=self.budget)
+        elif options:  # a method with arguments is run as it is (a trace has none)
+            fn = partial(getattr(lm.model, op.method), **options)
         else:
             fn = self.traced(lm, op.method)
         if pixels:
             fn = partial(_as_pixels, fn)
-        calls[(operation, pixels)] = ModelCall(lm, operation, op.method, pixels, fn, op.search)
-        return calls[(operation, pixels)]
+        calls[key] = ModelCall(lm, operation, op.method, pixels, fn, op.search, key[2])
+        return calls[key]
 
     @staticmethod
     def _declared(lm: LoadedModel, operation: str) -> Op:
@@ -212,12 +232,13 @@ class Operations:
         return op
 
     async def run(
-        self, lm: LoadedModel, operation: str, x: torch.Tensor, pixels: bool = False
-    ) -> Output:
+        self, lm: LoadedModel, operation: str, x: torch.Tensor, pixels: bool = False,
+        **options: int,
+    ) -> Output:  # fmt: skip
         """The declared call on ``x``, in its lane, by the request's deadline (context.py)."""
-        call = self.call(lm, operation, pixels)
+        call = self.call(lm, operation, pixels, **options)
         s = self.settings
-        expensive = call.search or len(x) > s.expensive_rows
+        expensive = call.search or len(x) * call.cost > s.expensive_rows
         engine = self.expensive if expensive else self.engine
         ctx = CURRENT.get()
         if ctx is None:  # not from a request (warm-up, tests): no deadline, no client
@@ -270,6 +291,12 @@ class Operations:
             for operation, op in model.operations.items():
                 if not op.traceable:
                     continue
+                if (
+                    model.density is not None
+                    and model.density.takes_samples
+                    and operation == "likelihood"
+                ):
+                    continue  # requests always give samples=: those calls are not traced
                 if op.prepare is not None:
                     x = getattr(model, op.prepare)(1, g, 1.0, None)
                 elif INPUTS.get(operation) == "latents":
@@ -303,6 +330,14 @@ class Operations:
         if "reconstruct" not in lm.model.operations:
             return await self.decode(lm, (await self.encode(lm, x)).latent, pixels)
         return _tensor(await self.run(lm, "reconstruct", x, pixels))
+
+    async def log_likelihood(
+        self, lm: LoadedModel, x: torch.Tensor, samples: int | None = None
+    ) -> torch.Tensor:
+        """x [B, C, H, W] -> log p(x) in nats [B], or the bound or estimate the model's
+        ``density`` names; ``samples`` (families whose density takes them) sets K."""
+        options = {} if samples is None else {"samples": samples}
+        return _tensor(await self.run(lm, "likelihood", x, False, **options))
 
     async def classify(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] -> class probabilities [B, classes]."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models import CheckpointError, ConfigError, LatentModel, load_model
+from models.anomaly import COMPLEXITY_CONVENTIONS, Calibration, read_calibration
 from models.plugins import load_plugins
 
 log = logging.getLogger("latentserve.registry")
@@ -33,13 +34,16 @@ COMPOSED: dict[str, tuple[str, ...]] = {
     "denoise": ("reconstruct",),
     "interpolate": ("decode",),
     "arithmetic": ("decode",),
+    "anomaly": ("likelihood",),  # and an anomaly calibration beside the weights
 }
 
 
-def served_operations(declared: Iterable[str]) -> list[str]:
-    """The API operations a model with these declared operations answers."""
+def served_operations(declared: Iterable[str], calibrated: bool = False) -> list[str]:
+    """The API operations a model with these declared operations answers; anomaly also needs
+    an anomaly calibration beside the weights (``calibrated``)."""
     have = set(declared)
-    return sorted(have | {op for op, needs in COMPOSED.items() if set(needs) <= have})
+    composed = {op for op, needs in COMPOSED.items() if set(needs) <= have}
+    return sorted((have | composed) - (set() if calibrated else {"anomaly"}))
 
 
 def valid_name(name: str) -> bool:
@@ -55,10 +59,16 @@ class LoadedModel:
     card: dict[str, Any]
     load_seconds: float
     files_mtime: float
+    #: scores of held-out images for anomaly percentiles (models/anomaly.py); None: no anomaly
+    calibration: Calibration | None = None
 
     @functools.cached_property  # asked on every request; the model never changes
     def operations(self) -> list[str]:
-        return served_operations(self.model.operations)
+        return served_operations(self.model.operations, self.calibration is not None)
+
+    @staticmethod
+    def _calibration_applies(model: LatentModel) -> bool:
+        return model.density is not None and model.density.convention in COMPLEXITY_CONVENTIONS
 
     @property
     def class_names(self) -> list[str]:
@@ -76,6 +86,7 @@ class LoadedModel:
             "class_names": self.class_names,
             "conditional": self.model.conditional,
             "latent_prior": self.model.latent_prior,
+            "density": dataclasses.asdict(self.model.density) if self.model.density else None,
             "metrics": self.card.get("metrics", {}),
             "dataset": self.card.get("dataset", {}).get("name"),
         }
@@ -213,4 +224,11 @@ class ModelRegistry:
             model.parameter_count(),
             seconds,
         )
-        return LoadedModel(name, model, card if isinstance(card, dict) else {}, seconds, mtime)
+        calibration = None
+        if LoadedModel._calibration_applies(model):  # a VAE's likelihood has no code length
+            try:
+                calibration = read_calibration(folder)
+            except ValueError as exc:  # the model still serves; only anomaly is missing
+                log.warning("%s: no anomaly scores: %s", name, exc)
+        card = card if isinstance(card, dict) else {}
+        return LoadedModel(name, model, card, seconds, mtime, calibration)

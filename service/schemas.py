@@ -15,6 +15,13 @@ class ImageParams(Params):
     invert: bool = Field(False, description="flip dark-on-light images (x -> 1 - x) before use")
 
 
+class LikelihoodParams(ImageParams):
+    samples: int | None = Field(
+        None, description="vae, cvae: importance samples K (1: the ELBO; default "
+        "LATENTSERVE_LIKELIHOOD_SAMPLES, at most LATENTSERVE_MAX_LIKELIHOOD_SAMPLES)",
+    )  # fmt: skip
+
+
 class DenoiseParams(ImageParams):
     noise_kind: Literal["gaussian", "salt_pepper", "mask"] | None = Field(
         None, description="corrupt the upload on the server first (to demonstrate denoising)"

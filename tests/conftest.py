@@ -26,6 +26,9 @@ TINY_WEIGHTS = {
     "stacked-t": "stacked-ae",
     "sparse-t": "sparse-ae",
     "classifier-t": "classifier",
+    "pixelcnn-t": "pixelcnn",
+    "made-t": "made",
+    "rbm-t": "rbm",
 }
 API_KEY = "k" * 24
 

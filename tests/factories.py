@@ -8,6 +8,15 @@ from typing import Any
 import torch
 
 from models import FAMILIES, LatentModel, build_model, save_model
+from models.anomaly import (
+    COMPLEXITY_CONVENTIONS,
+    METHOD,
+    Calibration,
+    complexity_score,
+    write_calibration,
+)
+from models.gibbs import exact_log_partition
+from models.rbm import RBM
 
 # every family's smallest config, from its own declaration (LatentModel.example_config)
 TINY: dict[str, dict[str, Any]] = {family: cls.example_config for family, cls in FAMILIES.items()}
@@ -18,13 +27,27 @@ def tiny_model(
 ) -> LatentModel:
     torch.manual_seed(seed)
     model = build_model(family, {**TINY[family], "image_shape": image_shape, **overrides})
-    if "generate" in model.operations:  # settle batch-norm statistics: eval mode not degenerate
+    generate = model.operations.get("generate")
+    if generate is not None and not generate.search:  # settle batch-norm statistics
         model.train()
         with torch.no_grad():
             model.sample(64)
+    if isinstance(model, RBM):  # tiny: its partition function is summed exactly
+        model.log_partition.copy_(torch.tensor([exact_log_partition(model), 0.0]))
     return model.eval()
 
 
 def write_tiny(folder: Path, family: str, **kwargs: Any) -> Path:
-    save_model(tiny_model(family, **kwargs), folder)
+    """Save a tiny model; a density model also gets an anomaly calibration (the scores of 32
+    seeded random images), so the service answers anomaly for it."""
+    model = tiny_model(family, **kwargs)
+    save_model(model, folder)
+    if model.density is not None and model.density.convention in COMPLEXITY_CONVENTIONS:
+        x = torch.rand(32, *model.image_shape, generator=torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            ll = model.run("likelihood", x).tensors()["log_likelihood"]
+        scores = complexity_score(ll, x, model.density.convention)
+        write_calibration(folder, Calibration(
+            METHOD, tuple(sorted(scores.tolist())), "32 random images", 1, model.density.kind
+        ))  # fmt: skip
     return folder

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.anomaly import COMPLEXITY_CONVENTIONS
 from models import (
     FAMILIES,
     ClassifyOutput,
@@ -22,6 +23,7 @@ from models import (
     EncodeOutput,
     ImageOutput,
     LatentModel,
+    LikelihoodOutput,
     ModelConfig,
     Op,
     SearchBudget,
@@ -59,6 +61,12 @@ def test_every_declared_operation_answers_with_its_typed_output(family: str) -> 
                 assert isinstance(out, EncodeOutput) and out.latent.shape == (3, model.latent_dim)
                 if "decode" in model.operations:  # the latent is what decode takes
                     assert model.run("decode", out.latent).images.shape == (3, c, h, w)
+            elif operation == "likelihood":  # a finite log p per image, at most 0 if discrete
+                assert isinstance(out, LikelihoodOutput) and out.log_likelihood.shape == (3,)
+                assert torch.isfinite(out.log_likelihood).all()
+                assert model.density is not None and model.density.convention
+                if model.density.exact:
+                    assert float(out.log_likelihood.max()) <= 0
             elif operation == "classify":
                 assert isinstance(out, ClassifyOutput)
                 assert torch.allclose(out.probabilities.sum(1), torch.ones(3), atol=1e-5)
@@ -76,7 +84,9 @@ def test_the_service_answers_every_operation_the_declaration_gives(
     client = start(Settings(weights_dir=tmp_path, inversion_steps=5, inversion_restarts=1))
     try:
         info = client.get("/v1/models/m").json()
-        assert info["operations"] == served_operations(FAMILIES[family].operations)
+        density = FAMILIES[family].density
+        calibrated = density is not None and density.convention in COMPLEXITY_CONVENTIONS
+        assert info["operations"] == served_operations(FAMILIES[family].operations, calibrated)
         assert info["conditional"] == FAMILIES[family].conditional
         for operation in info["operations"]:
             reply = call_operation("", "m", operation, info, post=client.post)

@@ -202,6 +202,23 @@ def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
     not_blank(page, "#grid")
     shot(page, "05-class")
 
+    pick(page, "pixelcnn")  # an exact likelihood, an anomaly verdict, pixel-by-pixel samples
+    expect(page.locator("#density-section")).to_be_visible()
+    expect(page.locator("#latent-section")).to_be_hidden()  # no latent code
+    page.click("#clear")
+    draw(page)
+    page.click("#likelihood")
+    expect(page.locator("#density-result")).to_contain_text("exact")
+    expect(page.locator("#density-result")).to_contain_text("8-bit discrete")
+    page.click("#anomaly")
+    expect(page.locator("#density-result")).to_contain_text("percentile")
+    expect(page.locator("#density-result")).to_contain_text("input complexity")
+    page.fill("#n", "4")
+    page.evaluate("document.querySelector('#grid').removeAttribute('src')")
+    page.click("#generate")
+    not_blank(page, "#grid")
+    shot(page, "06-density")
+
     page.fill("#n", "1000")
     page.click("#generate")
     expect(page.locator("#error")).to_contain_text("n: at most 256, got 1000")

@@ -219,7 +219,7 @@ def call_operation(
         "L" if info["image_shape"][0] == 1 else "RGB",
         200 if info["image_shape"][0] == 1 else (200, 100, 50),
     )
-    if op in ("encode", "reconstruct", "denoise", "classify"):
+    if op in ("encode", "reconstruct", "denoise", "classify", "likelihood", "anomaly"):
         return post(url, files={"image": ("x.png", image, "image/png")}, **wait)
     if op == "decode":
         return post(url, json={"latent": [0.0] * info["latent_dim"]}, **wait)
@@ -229,7 +229,7 @@ def call_operation(
         terms = {f"latent_{t}": [0.1 * i] * info["latent_dim"] for i, t in enumerate("abc")}
         return post(url, json=terms, **wait)
     assert op == "interpolate", op
-    if "generate" in info["operations"]:
+    if info["latent_prior"] is not None:  # seeds have codes
         return post(url, json={"seed_a": 1, "seed_b": 2, "steps": 4}, **wait)
     return post(url, files={"image": ("a.png", image), "image_b": ("b.png", image)}, **wait)
 

@@ -26,6 +26,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "gan",
         "dae",
         "classifier",
+        "pixelcnn",
+        "rbm",
     ):  # the shipped names, as in the examples
         write_tiny(weights / f"{family}-fashion", family)
     port = free_port()

@@ -178,6 +178,24 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lr-critic", type=positive_float, default=4e-4, help="gan: critic learning rate"
     )
+    g.add_argument(
+        "--cd-steps",
+        type=positive_int,
+        default=1,
+        help="rbm: Gibbs steps of the persistent chains per update (PCD-k)",
+    )
+    g.add_argument(
+        "--gibbs-steps",
+        type=positive_int,
+        help="rbm: block Gibbs steps of each generated chain (default 1000)",
+    )
+    g.add_argument(
+        "--ais-betas", type=positive_int, default=14_500,
+        help="rbm: intermediate distributions of annealed importance sampling for log Z",
+    )  # fmt: skip
+    g.add_argument(
+        "--ais-runs", type=positive_int, default=100, help="rbm: parallel AIS runs for log Z"
+    )
     p.set_defaults(func=run_train)
 
 
@@ -190,6 +208,7 @@ def run_train(args: argparse.Namespace) -> None:
         args.dataset, args.epochs, args.steps_per_epoch = "synthetic", 1, 3
         args.batch_size = min(args.batch_size, 16)
         args.val_size = min(args.val_size, 50)
+        args.ais_betas, args.ais_runs = min(args.ais_betas, 200), min(args.ais_runs, 16)
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     train(args)

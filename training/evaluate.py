@@ -64,6 +64,18 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
         help="VAE: test images for the importance-weighted bound",
     )
     p.add_argument(
+        "--likelihood-samples", type=positive_int, default=1,
+        help="vae, cvae: importance samples of the likelihood behind the anomaly score (1: the ELBO)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-images", type=positive_int, default=2000,
+        help="density models: validation images whose anomaly scores calibrate the percentiles",
+    )  # fmt: skip
+    p.add_argument(
+        "--ood-images", type=positive_int, default=1000,
+        help="density models: images per out-of-distribution set (and test images) for AUROC",
+    )  # fmt: skip
+    p.add_argument(
         "--baseline-images",
         type=positive_int,
         default=1000,
@@ -111,7 +123,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
     card = json.loads(card_file.read_text()) if card_file.exists() else {}
     dataset = args.dataset or card.get("dataset", {}).get("name", "fashion-mnist")
     shape = model.image_shape if dataset != "fashion-mnist" else None
-    data = load_dataset(dataset, shape, args.data_dir)
+    # the validation split the model was trained beside (held out from its training)
+    val_size = card.get("dataset", {}).get("val") or 5000
+    seed = card.get("training", {}).get("seed") or 0
+    data = load_dataset(dataset, shape, args.data_dir, val_size, seed)
     test = as_float(data.test.images)
     if args.limit:
         test = test[: args.limit]

@@ -76,6 +76,10 @@ class Recipe:
     def pretrain(self, split: Split, generator: torch.Generator) -> None:
         """Hook for families with a pretraining phase; most have none."""
 
+    def finish(self, train: Split) -> None:
+        """Hook run once after the last epoch, before the artifact is written (an RBM
+        estimates its partition function here); most families have none."""
+
 
 def cosine_factor(step: int, total: int, warmup: int = 100) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine decay to 5% (Loshchilov & Hutter, 2017)."""

@@ -166,6 +166,9 @@ def _train(args: argparse.Namespace, world: World) -> Path:
     if world.is_main:
         if world.size > 1:
             tqdm.write(f"ddp: the {world.size} replicas agree (max parameter difference {gap:.2g})")
+        started = time.perf_counter()
+        recipe.finish(dataset.train)
+        elapsed += time.perf_counter() - started
         card = model_card(args, model, dataset, history, elapsed, steps, world)
         out = write_artifact(args.out, model, dataset, history, card, args.overwrite)
         tqdm.write(f"wrote {out} ({elapsed:.0f}s of training)")

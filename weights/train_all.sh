@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain and re-evaluate every shipped model, one after another (never two at once on
 # 2 cores). `make weights` runs this; `bash weights/train_all.sh ae vae` does just those.
-# Logs go to runs/logs/NAME.log. Total on 2 cores: about 4 hours of training (the cards add up).
+# Logs go to runs/logs/NAME.log. Total on 2 cores: about 5 hours of training (pixelcnn alone: 62 minutes) (the cards add up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -17,6 +17,9 @@ declare -A RECIPE=(
   [cgan-fashion]="--family cgan --latent-dim 64 --aux-class-weight 1 --epochs 20 --batch-size 64"
   [stacked-ae-fashion]="--family stacked-ae --latent-dim 16 --hidden-sizes 1024,256 --no-tied-weights --pretrain-epochs 2 --epochs 40 --batch-size 64 --lr 1e-3"
   [sparse-ae-fashion]="--family sparse-ae --latent-dim 32 --sparsity-target 0.1 --sparsity-weight 2 --epochs 30 --batch-size 64 --lr 3e-3"
+  [pixelcnn-fashion]="--family pixelcnn --epochs 3 --batch-size 32 --lr 1.5e-3 --val-size 2000"
+  [made-fashion]="--family made --epochs 15 --batch-size 64 --lr 1e-3 --val-size 2000"
+  [rbm-fashion]="--family rbm --latent-dim 500 --epochs 20 --batch-size 64 --lr 1e-3 --val-size 2000"
 )
 # Further stages, each fine-tuning the previous stage's weights (--init-from), separated by |.
 declare -A STAGES=(
@@ -24,7 +27,7 @@ declare -A STAGES=(
   [cvae-fashion]="--consistency-weight 20 --epochs 4 --lr 1e-3 --seed 1"
   [cgan-fashion]="--aux-class-weight 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1"
 )
-ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion cgan-fashion stacked-ae-fashion sparse-ae-fashion)
+ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion cgan-fashion stacked-ae-fashion sparse-ae-fashion pixelcnn-fashion made-fashion rbm-fashion)
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
 

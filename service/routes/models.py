@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import composition
+from .. import composition, density
 from ..deps import State, find_model
 from ..imaging import image_to_tensor
 from ..inference import class_index, new_seed, parse_latents
@@ -28,6 +28,7 @@ from ..schemas import (
     GenerateParams,
     ImageParams,
     InterpolateParams,
+    LikelihoodParams,
 )
 from ..state import AppState
 from .openapi import IMAGE_RESPONSES, TINY_PNG, body
@@ -280,3 +281,33 @@ async def classify(
         "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)},
         **job.meta(),
     }
+
+
+@router.post(
+    "/{name}/likelihood", summary="Image -> log-likelihood", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    openapi_extra=body(LikelihoodParams, {"image": TINY_PNG}, ("image",)),
+)  # fmt: skip
+async def likelihood(
+    name: Annotated[str, Path(examples=["pixelcnn-fashion"])], request: Request, state: State
+) -> dict[str, Any]:
+    """How likely the image is under the model: log p(x) in nats and bits/dim, whether it is
+    exact, a bound (a VAE's ELBO, or its importance-weighted bound with `samples`) or an
+    estimate (an RBM's, by AIS), and the convention it is on (how grey levels are read)."""
+    job = begin(state, name, request, "likelihood", formats=())
+    params, x = await job.one_image(LikelihoodParams)
+    return {**await density.likelihood(state.operations, job.lm, x, params.samples), **job.meta()}
+
+
+@router.post(
+    "/{name}/anomaly", summary="Image -> anomaly score and verdict", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
+)  # fmt: skip
+async def anomaly(
+    name: Annotated[str, Path(examples=["pixelcnn-fashion"])], request: Request, state: State
+) -> dict[str, Any]:
+    """How unlike the training data the image is: `score` (higher = less like it), its
+    `percentile` among held-out training-like images, and `anomalous` above
+    LATENTSERVE_ANOMALY_PERCENTILE."""
+    job = begin(state, name, request, "anomaly", formats=())
+    _, x = await job.one_image(ImageParams)
+    return {**await density.anomaly(state.operations, job.lm, x), **job.meta()}

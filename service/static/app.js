@@ -57,7 +57,10 @@ async function imageForm(extra = {}) {
 // --- model picker: only the operations the model supports are shown ---
 function applyModel() {
   model = JSON.parse($("model").selectedOptions[0].dataset.model);
-  $("model-info").textContent = `${model.family} · ${model.image_shape.join("×")} · latent ${model.latent_dim}`;
+  const code = model.latent_dim ? `latent ${model.latent_dim}` : "no latent code";
+  const density = model.density ? ` · likelihood: ${model.density.kind}` : "";
+  $("model-info").textContent = `${model.family} · ${model.image_shape.join("×")} · ${code}${density}`;
+  $("density-result").replaceChildren();
   const ops = new Set(model.operations);
   document.querySelectorAll("[data-ops]").forEach((el) => {
     el.hidden = !el.dataset.ops.split(" ").some((op) => ops.has(op));
@@ -104,6 +107,30 @@ $("denoise").addEventListener("click", () => run(async () => {
   $("original").src = canvas.toDataURL("image/png");
   $("noisy").src = reply.input;
   $("output").src = reply.image;
+}));
+
+// --- likelihood and anomaly ---
+function showFacts(facts) {
+  $("density-result").replaceChildren(...Object.entries(facts).flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    return [dt, dd];
+  }));
+}
+$("likelihood").addEventListener("click", () => run(async () => {
+  const r = await call(`/v1/models/${model.name}/likelihood`, { form: await imageForm() });
+  showFacts({
+    "log-likelihood": `${r.log_likelihood_nats.toFixed(1)} nats`, "bits/dim": r.bits_per_dim.toFixed(3),
+    kind: r.kind, convention: r.convention,
+  });
+}));
+$("anomaly").addEventListener("click", () => run(async () => {
+  const r = await call(`/v1/models/${model.name}/anomaly`, { form: await imageForm() });
+  showFacts({
+    verdict: r.anomalous ? "anomalous" : "looks like the training data",
+    score: `${r.score.toFixed(3)} bits/dim`, percentile: `${r.percentile.toFixed(1)} (anomalous above ${r.threshold_percentile})`,
+    "bits/dim": r.likelihood.bits_per_dim.toFixed(3), method: r.method,
+  });
 }));
 
 // --- generate ---

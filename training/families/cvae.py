@@ -12,6 +12,7 @@ from models.cvae import ConditionalVAE
 
 from ..data import Dataset
 from ..declaration import TrainingSpec, register_training
+from ..density import evaluate_density
 from ..recipes import Recipe
 from ..scoring import Metrics, conditional_accuracy, load_judge, reconstruction_metrics
 
@@ -73,6 +74,7 @@ def evaluate_cvae(
     )
     judge = load_judge(args)
     out.update(conditional_accuracy(model, judge, args.samples // model.num_classes))
+    out.update(evaluate_density(model, data, test, args))  # bits/dim, anomaly AUROC
     return out
 
 

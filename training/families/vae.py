@@ -14,6 +14,7 @@ from models.vae import VAE
 
 from ..data import Dataset
 from ..declaration import TrainingSpec, register_training
+from ..density import evaluate_density
 from ..metrics import active_units
 from ..recipes import Recipe
 from ..scoring import Metrics, reconstruction_metrics
@@ -78,6 +79,7 @@ def evaluate_vae(
     out["iwae_nats"] = float(-torch.cat(bounds).mean())
     out["iwae_samples"] = k
     out["iwae_images"] = len(subset)
+    out.update(evaluate_density(model, data, test, args))  # bits/dim, anomaly AUROC
     return out
 
 

@@ -1,0 +1,142 @@
+"""Markov chains on an RBM (rbm.py), kept out of ``nn.Module``: block Gibbs sampling, and
+annealed importance sampling of the log partition function.
+
+AIS: Neal, "Annealed Importance Sampling", Statistics and Computing 2001; for RBMs,
+Salakhutdinov & Murray, "On the Quantitative Analysis of Deep Belief Networks", ICML 2008,
+section 3. The chain anneals from a base-rate RBM A (no weights, visible biases b_A, so
+log Z_A = sum_i softplus(b_A,i) + H log 2 exactly) to the model B through
+p*_beta(v) = exp((1 - beta) b_A.v + beta b.v) prod_j (1 + exp(beta (c_j + v.W_:j))),
+each step a Gibbs transition that leaves p_beta invariant, and accumulates the log importance
+weight sum_k log p*_beta_k(v_k-1) - log p*_beta_k-1(v_k-1). Then
+Z_B / Z_A ~ mean(w) over the runs: unbiased for Z, so log of it is a stochastic lower bound
+in expectation; more intermediate betas give a tighter estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .rbm import RBM
+
+
+def _bernoulli(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return (u < p).to(p.dtype)
+
+
+Uniform = Callable[[int], torch.Tensor]  # size -> uniforms [n chains, size]
+
+
+def per_chain_uniform(seeds: list[int]) -> Uniform:
+    """Each chain draws from its own generator: a chain's result does not depend on the other
+    chains in its batch (what the service needs for seeded requests)."""
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    return lambda size: torch.stack([torch.rand(size, generator=g) for g in gens])
+
+
+def shared_uniform(n: int, generator: torch.Generator | None = None) -> Uniform:
+    """All ``n`` chains draw from one generator: the same distribution, much faster for
+    thousands of chains (the evaluator's samples)."""
+    return lambda size: torch.rand(n, size, generator=generator)
+
+
+@torch.no_grad()
+def gibbs_chains(
+    rbm: RBM,
+    temperatures: torch.Tensor,
+    steps: int,
+    uniform: Uniform,
+    stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Run one block Gibbs chain per temperature [n] from the visible biases' base rate,
+    drawing from ``uniform``; return the last step's p(v = 1 | h) [n, D]."""
+    t = temperatures.view(-1, 1)
+    v = _bernoulli(torch.sigmoid(rbm.visible_bias / t), uniform(rbm.dims))
+    p_v = v
+    for step in range(steps):
+        h_prob = torch.sigmoid((v @ rbm.weight + rbm.hidden_bias) / t)
+        h = _bernoulli(h_prob, uniform(rbm.latent_dim))
+        p_v = torch.sigmoid((h @ rbm.weight.T + rbm.visible_bias) / t)
+        v = _bernoulli(p_v, uniform(rbm.dims))
+        if stop is not None and step % 50 == 49 and stop():
+            break
+    return p_v
+
+
+def ais_betas(count: int = 14_500) -> torch.Tensor:
+    """The inverse temperatures 0 = beta_0 < ... < beta_K = 1, denser near 1, in the
+    proportions of Salakhutdinov & Murray: 500 up to 0.5, 4,000 up to 0.9, 10,000 up to 1."""
+    a, b = max(1, round(count * 500 / 14_500)), max(1, round(count * 4_000 / 14_500))
+    c = max(1, count - a - b)
+    return torch.cat([
+        torch.linspace(0, 0.5, a + 1)[:-1], torch.linspace(0.5, 0.9, b + 1)[:-1],
+        torch.linspace(0.9, 1.0, c + 1),
+    ]).double()  # fmt: skip
+
+
+def _log_unnormalised(
+    rbm: RBM, v: torch.Tensor, beta: float, base_bias: torch.Tensor
+) -> torch.Tensor:
+    """log p*_beta(v) [M] (hidden units summed out), float64."""
+    w, b, c = rbm.weight.double(), rbm.visible_bias.double(), rbm.hidden_bias.double()
+    return (1 - beta) * (v @ base_bias) + beta * (v @ b) + F.softplus(beta * (v @ w + c)).sum(1)
+
+
+@torch.no_grad()
+def ais_log_partition(
+    rbm: RBM,
+    base_bias: torch.Tensor,
+    betas: torch.Tensor,
+    runs: int = 100,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[float, float]:
+    """(estimate of log Z, its standard error by the delta method) with ``runs`` parallel
+    annealing runs over ``betas`` [K + 1]; ``base_bias`` [D] is the base rate RBM's visible
+    bias (log-odds of the training pixels' means). Computed in float64."""
+    if betas.ndim != 1 or float(betas[0]) != 0.0 or float(betas[-1]) != 1.0:
+        raise ValueError("betas must run from 0 to 1")
+    w, b, c = rbm.weight.double(), rbm.visible_bias.double(), rbm.hidden_bias.double()
+    base = base_bias.double()
+    log_z_base = float(F.softplus(base).sum()) + rbm.latent_dim * math.log(2)
+    v = (
+        torch.rand(runs, rbm.dims, generator=generator, dtype=torch.float64) < torch.sigmoid(base)
+    ).double()
+    log_w = torch.zeros(runs, dtype=torch.float64)
+    previous = 0.0
+    for k, beta_t in enumerate(betas[1:].tolist()):
+        log_w += _log_unnormalised(rbm, v, beta_t, base) - _log_unnormalised(rbm, v, previous, base)
+        # a Gibbs transition that leaves p_beta invariant
+        h = (torch.rand(runs, rbm.latent_dim, generator=generator, dtype=torch.float64)
+             < torch.sigmoid(beta_t * (v @ w + c))).double()  # fmt: skip
+        p_v = torch.sigmoid((1 - beta_t) * base + beta_t * (h @ w.T + b))
+        v = (torch.rand(runs, rbm.dims, generator=generator, dtype=torch.float64) < p_v).double()
+        previous = beta_t
+        if progress is not None and k % 500 == 0:
+            progress(k)
+    log_mean_w = float(torch.logsumexp(log_w, 0)) - math.log(runs)
+    ratio = torch.exp(log_w - log_w.max())  # w / max(w)
+    rel = float(ratio.std() / ratio.mean()) / math.sqrt(runs) if runs > 1 else float("inf")
+    return (
+        log_z_base + log_mean_w,
+        rel,
+    )  # the standard error of log(mean w) ~ std(w)/(mean(w) sqrt(M))
+
+
+@torch.no_grad()
+def exact_log_partition(rbm: RBM) -> float:
+    """log Z by summing over every hidden state: only for tiny RBMs (H <= 20), e.g. tests."""
+    hidden = rbm.latent_dim
+    if hidden > 20:
+        raise ValueError(f"exact log Z sums 2^H terms; H = {hidden} is too many")
+    states = torch.tensor(
+        [[(i >> j) & 1 for j in range(hidden)] for i in range(2**hidden)], dtype=torch.float64
+    )
+    w, b, c = rbm.weight.double(), rbm.visible_bias.double(), rbm.hidden_bias.double()
+    terms = states @ c + F.softplus(states @ w.T + b).sum(1)  # log sum_v exp(-E(v, h)) per h
+    return float(torch.logsumexp(terms, 0))

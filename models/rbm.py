@@ -1,0 +1,146 @@
+"""Restricted Boltzmann machine with binary visible and hidden units, on binarized images.
+
+- Smolensky 1986; Hinton, "Training Products of Experts by Minimizing Contrastive Divergence",
+  Neural Computation 2002; Tieleman, "Training RBMs using Approximations to the Likelihood
+  Gradient", ICML 2008 (persistent CD, the trainer's choice: training/families/rbm.py).
+- Energy E(v, h) = -b.v - c.h - v^T W h with v in {0,1}^D, h in {0,1}^H; p(h_j = 1 | v) =
+  sigmoid(c_j + v.W_:j), p(v_i = 1 | h) = sigmoid(b_i + W_i:.h). The free energy
+  F(v) = -b.v - sum_j softplus(c_j + v.W_:j) gives log p(v) = -F(v) - log Z exactly but for
+  the partition function Z, estimated by annealed importance sampling (Salakhutdinov & Murray,
+  "On the Quantitative Analysis of Deep Belief Networks", ICML 2008; gibbs.py) when the model
+  is trained and stored with its weights (``log_partition``: the estimate and its standard
+  error). ``log_likelihood`` is therefore an estimate, "AIS estimate".
+- Images are binarized at 0.5 (pixel > 0.5 -> 1): the convention of every number it reports.
+
+Operations: ``encode`` gives the hidden units' probabilities p(h = 1 | v) [B, H]; ``decode``
+the visible probabilities p(v = 1 | h) for hidden probabilities h (the mean-field step);
+``reconstruct`` the two in turn; ``generate`` runs ``gibbs_steps`` block Gibbs steps per
+chain from the visible biases' base rate, at a temperature (energies divided by T), and shows
+the last step's visible probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LatentModel, ModelConfig, check_code_shape, check_images, check_positive, register
+from .gibbs import gibbs_chains, per_chain_uniform
+from .operations import Density, Op, SearchBudget
+
+
+@dataclasses.dataclass
+class RBMConfig(ModelConfig):
+    latent_dim: int = 500  # hidden units
+    gibbs_steps: int = 1000  # block Gibbs steps of each generated chain
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "gibbs_steps")
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """Grey levels in [0, 1] -> {0, 1} at 0.5: [B, ...]."""
+    return (x > 0.5).to(x.dtype)
+
+
+@register
+class RBM(LatentModel):
+    family = "rbm"
+    config_class = RBMConfig
+    operations = {
+        "encode": Op("hidden_probabilities"),
+        "decode": Op("decode"),
+        "reconstruct": Op("reconstruct"),
+        "generate": Op("sample_gibbs", prepare="chain_seeds", search=True),
+        "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
+    }
+    density = Density(kind="AIS estimate", convention="binarized at 0.5")
+    example_config = {"latent_dim": 8, "gibbs_steps": 5, "image_shape": [1, 8, 8]}
+    config: RBMConfig
+    log_partition: torch.Tensor
+
+    def __init__(self, config: RBMConfig) -> None:
+        super().__init__(config)
+        self.dims = math.prod(config.image_shape)
+        self.weight = nn.Parameter(torch.randn(self.dims, config.latent_dim) * 0.01)  # W [D, H]
+        self.visible_bias = nn.Parameter(torch.zeros(self.dims))  # b [D]
+        self.hidden_bias = nn.Parameter(torch.zeros(config.latent_dim))  # c [H]
+        # (log Z estimate, its standard error), set by AIS after training; NaN until then
+        self.register_buffer("log_partition", torch.full((2,), float("nan")))
+
+    def visible(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] in [0, 1] -> binary visible units v [B, D]."""
+        check_images(self, x)
+        return binarize(x).flatten(1)
+
+    def hidden_given(self, v: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """p(h = 1 | v) [B, H] for visible states (or probabilities) v [B, D]."""
+        return torch.sigmoid((v @ self.weight + self.hidden_bias) / temperature)
+
+    def visible_given(self, h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """p(v = 1 | h) [B, D] for hidden states (or probabilities) h [B, H]."""
+        return torch.sigmoid((h @ self.weight.T + self.visible_bias) / temperature)
+
+    def free_energy(self, v: torch.Tensor) -> torch.Tensor:
+        """F(v) = -b.v - sum_j softplus(c_j + v.W_:j): [B] (nats)."""
+        return -(v @ self.visible_bias) - F.softplus(v @ self.weight + self.hidden_bias).sum(1)
+
+    def hidden_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """encode: x [B, C, H, W] -> p(h = 1 | binarized x) [B, H]."""
+        return self.hidden_given(self.visible(x))
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, H] (probabilities in [0, 1]) -> p(v = 1 | h) as images [B, C, H, W]."""
+        check_code_shape(self, h)
+        return self.visible_given(h.clamp(0, 1)).view(-1, *self.image_shape)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x -> p(v = 1 | p(h = 1 | binarized x)): one mean-field up-down pass [B, C, H, W]."""
+        return self.decode(self.hidden_probabilities(x))
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(binarized x) = -F(v) - log Z, with the stored AIS estimate of log Z: [B].
+        Raises ValueError if the model has none (it was never estimated)."""
+        log_z = float(self.log_partition[0])
+        if not math.isfinite(log_z):
+            raise ValueError(
+                "this RBM has no estimate of its partition function; run "
+                "python -m training evaluate on it to estimate one by AIS"
+            )
+        return -self.free_energy(self.visible(x)) - log_z
+
+    def chain_seeds(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One (seed, temperature) per chain [n, 2]: each chain draws its own randomness, so a
+        chain gives the same image whatever it is batched with."""
+        if labels is not None:
+            raise ValueError("rbm models are not class-conditional; give no labels")
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+        if not 0 < temperature <= 10:
+            raise ValueError(f"an RBM samples at a temperature in (0, 10], got {temperature}")
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64)
+        return torch.stack(
+            [seeds.to(torch.float64), torch.full((n,), float(temperature), dtype=torch.float64)], 1
+        )
+
+    def sample_gibbs(self, seeds: torch.Tensor, budget: SearchBudget | None = None) -> torch.Tensor:
+        """seeds [n, 2] (chain_seeds) -> the last step's p(v = 1 | h) as images [n, C, H, W]."""
+        if seeds.ndim != 2 or seeds.shape[1] != 2:
+            raise ValueError(f"expected chain seeds of shape [n, 2], got {list(seeds.shape)}")
+        uniform = per_chain_uniform([int(s) for s in seeds[:, 0]])
+        probs = gibbs_chains(
+            self, seeds[:, 1].to(torch.float32), self.config.gibbs_steps, uniform,
+            stop=budget.stop if budget else None,
+        )  # fmt: skip
+        return probs.view(-1, *self.image_shape)

@@ -1,0 +1,88 @@
+"""The likelihood and anomaly operations, free of HTTP: what the model's ``density``
+declaration says it computes, checked parameters, and the reply's numbers.
+
+``likelihood`` reports log p(x) in nats and bits/dim with what kind of number it is (exact,
+a bound, an estimate) and the convention it is on (models/operations.py ``Density``).
+``anomaly`` turns the likelihood into the input-complexity score of models/anomaly.py and
+places it among the scores of held-out training-like images stored with the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from models.anomaly import complexity_score
+
+from .config import Settings
+from .inference import Operations
+from .problems import InvalidInput
+from .registry import LoadedModel
+
+
+def choose_samples(lm: LoadedModel, samples: int | None, settings: Settings) -> int | None:
+    """The importance samples K to run with: the request's, else the setting's; None for a
+    model whose likelihood takes none. Out of range or not applicable: 422."""
+    density = lm.model.density
+    assert density is not None  # find_model checked the operation
+    if not density.takes_samples:
+        if samples is not None:
+            raise InvalidInput(
+                f"samples: {lm.name}'s likelihood is {density.kind!r} and takes no importance "
+                "samples; leave samples out"
+            )
+        return None
+    k = settings.likelihood_samples if samples is None else samples
+    if not 1 <= k <= settings.max_likelihood_samples:
+        raise InvalidInput(
+            f"samples: must be between 1 and {settings.max_likelihood_samples} "
+            f"(LATENTSERVE_MAX_LIKELIHOOD_SAMPLES), got {k}"
+        )
+    return k
+
+
+def describe(lm: LoadedModel, log_likelihood: float, samples: int | None) -> dict[str, Any]:
+    """One image's likelihood reply."""
+    density = lm.model.density
+    assert density is not None
+    dims = math.prod(lm.model.image_shape)
+    return {
+        "log_likelihood_nats": log_likelihood,
+        "bits_per_dim": -log_likelihood / (math.log(2) * dims),
+        "exact": density.exact,
+        "kind": density.describe(samples or 1),
+        "convention": density.convention,
+        **({"samples": samples} if samples is not None else {}),
+    }
+
+
+async def likelihood(
+    ops: Operations, lm: LoadedModel, x: torch.Tensor, samples: int | None
+) -> dict[str, Any]:
+    """x [1, C, H, W] -> the likelihood reply."""
+    k = choose_samples(lm, samples, ops.settings)
+    ll = await ops.log_likelihood(lm, x, k)
+    return describe(lm, float(ll[0]), k)
+
+
+async def anomaly(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> dict[str, Any]:
+    """x [1, C, H, W] -> score, percentile among the calibration images, verdict. The
+    likelihood runs with the samples the calibration was made with, so the percentile
+    compares like with like."""
+    calibration, density = lm.calibration, lm.model.density
+    assert calibration is not None and density is not None  # find_model checked "anomaly"
+    samples = calibration.samples if density.takes_samples else None
+    ll = await ops.log_likelihood(lm, x, samples)
+    score = float(complexity_score(ll, x, density.convention)[0])
+    percentile = calibration.percentile(score)
+    return {
+        "score": score,
+        "percentile": percentile,
+        "anomalous": percentile > ops.settings.anomaly_percentile,
+        "threshold_percentile": ops.settings.anomaly_percentile,
+        "method": calibration.method,
+        "reference": calibration.reference,
+        "likelihood": describe(lm, float(ll[0]), samples),
+    }

@@ -1,0 +1,273 @@
+"""The explicit-density families (pixelcnn, made, rbm) and the likelihood of the others:
+exact distributions, causal masks, caching that changes nothing, AIS against the exact
+partition function, bounds that behave like bounds, and the anomaly score's calibration."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_model, logistic
+from models.anomaly import Calibration, complexity_bits, read_calibration, write_calibration
+from models.autoregressive import pixelcnn_pixel_params, pixelcnn_row_links
+from models.gibbs import (
+    ais_betas,
+    ais_log_partition,
+    exact_log_partition,
+    gibbs_chains,
+    per_chain_uniform,
+)
+from models.rbm import RBM
+from training.ood import auroc, ood_sets
+
+from .factories import tiny_model
+
+
+def test_discretized_logistic_is_a_distribution_over_256_levels() -> None:
+    """Summed over every 8-bit value, the probabilities are 1 for any parameters, including
+    extreme ones (a very narrow or very wide component, a mean outside [-1, 1])."""
+    g = torch.Generator().manual_seed(0)
+    k = 3
+    params = torch.randn(5, 3 * k, generator=g) * 3
+    params[0, 2 * k :] = -7.0  # narrowest scale
+    params[1, k : 2 * k] = 4.0  # means beyond the right edge
+    levels = torch.arange(256.0)
+    lp = logistic.log_prob(params.repeat_interleave(256, 0), levels.repeat(5), k).view(5, 256)
+    assert torch.allclose(lp.exp().sum(1), torch.ones(5), atol=2e-3)
+    # sampling puts the values where the mass is: at temperature 0, the chosen mean
+    noise = logistic.draw_noise((5,), k, g, 0.0)
+    values = logistic.sample(params, noise, k)
+    assert ((values >= 0) & (values <= 255)).all() and torch.equal(values, values.round())
+
+
+def _seen_by(model: torch.nn.Module, out_fn, x: torch.Tensor, index: int) -> torch.Tensor:
+    """Which input positions (flattened) the output at ``index`` depends on: |d out / d x| > 0."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(out_fn(x)[index].sum(), x)
+    return grad.flatten(1)[0].abs() > 0
+
+
+@pytest.mark.parametrize("position", [(0, 0), (0, 5), (3, 0), (7, 7), (4, 6), (6, 2)])
+def test_pixelcnn_sees_only_the_pixels_before_it(position: tuple[int, int]) -> None:
+    """No blind spot and no leak: the parameters of pixel (i, j) depend on no pixel at or
+    after it in raster order, and on the pixel just left of it and the one just above."""
+    torch.manual_seed(0)
+    model = build_model(
+        "pixelcnn", {"channels": 6, "dilations": [1, 2, 1], "image_shape": [1, 8, 8]}
+    )
+    i, j = position
+    seen = torch.zeros(64, dtype=torch.bool)
+    for _ in range(4):  # a union over inputs: one input may switch a ReLU path off
+        x = torch.rand(1, 1, 8, 8) * 2 - 1
+        seen |= _seen_by(model, lambda v: model(v)[0, 0, :, i, j], x, slice(None))
+    flat = i * 8 + j
+    assert not seen[flat:].any()
+    if j > 0:
+        assert seen[flat - 1]  # left neighbour
+    if i > 0:
+        assert seen[flat - 8]  # the pixel above (the blind spot of a plain masked conv)
+        assert seen[(i - 1) * 8 + min(7, j + 1)]  # above-right: the vertical stack
+
+
+def test_pixelcnn_row_caching_gives_the_full_forward_parameters() -> None:
+    """The sampler's band-and-strip computation equals one pass over the whole image."""
+    model = build_model("pixelcnn", {"channels": 8, "dilations": [1, 2, 1, 4]}).eval()
+    xu = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        full = model(xu)
+        for row, col in [(0, 0), (0, 27), (5, 0), (27, 27), (20, 13), (13, 20), (27, 0)]:
+            links = pixelcnn_row_links(model, xu, row)
+            got = pixelcnn_pixel_params(model, xu, links, row, col)
+            assert torch.allclose(got, full[:, :, :, row, col], atol=1e-5)
+
+
+def test_made_output_d_depends_on_inputs_before_d_only() -> None:
+    torch.manual_seed(0)
+    model = build_model("made", {"hidden_sizes": [32, 32], "image_shape": [1, 8, 8]})
+    x = torch.rand(1, 64) * 2 - 1
+    for d in (0, 1, 17, 63):
+        seen = _seen_by(model, lambda v, d=d: model.pixel_params(v)[0, :, d], x, slice(None))
+        assert not seen[d:].any()
+    seen_last = _seen_by(model, lambda v: model.pixel_params(v)[0, :, 63], x, slice(None))
+    assert seen_last[:63].sum() > 32  # the last pixel sees most of the image
+
+
+@pytest.mark.parametrize("family", ["pixelcnn", "made"])
+def test_autoregressive_samples_are_seeded_and_independent_of_batch_mates(family: str) -> None:
+    shape = (1, 8, 8)
+    model = tiny_model(family, image_shape=shape)
+    noise = model.sample_noise(4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        together = model.sample_pixels(noise)
+        alone = model.sample_pixels(noise[2:3])
+    assert together.shape == (4, *shape)
+    assert torch.allclose(together[2:3], alone, atol=1 / 255)
+    levels = together * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-4)  # 8-bit values
+    # temperature 0 is deterministic whatever the seed
+    cold = [
+        model.sample_pixels(model.sample_noise(1, torch.Generator().manual_seed(s), 0.0))
+        for s in (1, 2)
+    ]
+    assert torch.equal(cold[0], cold[1])
+
+
+def test_sampling_stops_when_nobody_waits() -> None:
+    from models import SearchBudget
+
+    model = tiny_model("pixelcnn", image_shape=(1, 8, 8))
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    with torch.no_grad():
+        out = model.sample_pixels(model.sample_noise(1), SearchBudget(stop=stop))
+    assert len(asked) == 2  # asked once per row, stopped after the second
+    assert float(out[0, 0, 2:].abs().sum()) == 0  # rows after the stop were never drawn
+
+
+def test_rbm_free_energy_sums_out_the_hidden_units() -> None:
+    model = tiny_model("rbm", image_shape=(1, 8, 8))
+    with torch.no_grad():
+        model.weight.mul_(40)  # weights that matter
+        v = (torch.rand(3, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+        h = torch.tensor(
+            [[(i >> j) & 1 for j in range(8)] for i in range(256)], dtype=torch.float32
+        )
+        energy = (
+            -(v @ model.visible_bias)[:, None]
+            - (h @ model.hidden_bias)[None]
+            - v @ model.weight @ h.T
+        )
+        assert torch.allclose(-model.free_energy(v), torch.logsumexp(-energy, 1), atol=1e-4)
+
+
+def test_ais_estimates_the_exact_log_partition_function() -> None:
+    """Annealed importance sampling lands near log Z summed exactly over 2^8 hidden states,
+    and its reported standard error is honest about the distance."""
+    model = tiny_model("rbm", image_shape=(1, 8, 8))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(64, 8, generator=g) * 0.3)
+        model.visible_bias.copy_(torch.randn(64, generator=g) * 0.5)
+        model.hidden_bias.copy_(torch.randn(8, generator=g) * 0.5)
+    exact = exact_log_partition(model)
+    base = torch.zeros(64)
+    estimate, error = ais_log_partition(model, base, ais_betas(2000), runs=64, generator=g)
+    assert abs(estimate - exact) < max(0.05, 5 * error), (estimate, exact, error)
+    assert error < 0.05
+
+
+def test_rbm_likelihood_uses_the_stored_log_partition_and_refuses_without_one() -> None:
+    model = tiny_model("rbm", image_shape=(1, 8, 8))
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    v = (x > 0.5).float().flatten(1)
+    expected = -model.free_energy(v) - exact_log_partition(model)
+    assert torch.allclose(model.log_likelihood(x), expected, atol=1e-4)
+    fresh = build_model("rbm", {"latent_dim": 8, "image_shape": [1, 8, 8]})
+    assert isinstance(fresh, RBM)
+    with pytest.raises(ValueError, match="partition function"):
+        fresh.log_likelihood(x)
+
+
+def test_gibbs_chains_do_not_depend_on_their_batch_mates() -> None:
+    model = tiny_model("rbm", image_shape=(1, 8, 8))
+    temps = torch.ones(3)
+    together = gibbs_chains(model, temps, 20, per_chain_uniform([5, 6, 7]))
+    alone = gibbs_chains(model, temps[:1], 20, per_chain_uniform([6]))
+    assert torch.allclose(together[1:2], alone, atol=1e-6)
+    assert not torch.allclose(together[0], together[1])
+
+
+@pytest.mark.parametrize("family", ["vae", "cvae"])
+def test_vae_bounds_are_per_image_and_tighten_with_samples(family: str) -> None:
+    model = tiny_model(family)
+    x = (torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    torch.manual_seed(0)
+    for _ in range(40):  # a little training: the code must matter for the bounds to differ
+        opt.zero_grad()
+        if family == "vae":  # the training losses, with fresh noise every step
+            logits, mu, log_var = model(x)
+            nll, kl = model.elbo_terms(x, logits, mu, log_var)
+        else:
+            nll, kl, _ = model.loss_terms(x, torch.zeros(4, dtype=torch.long))
+        (nll + kl).mean().backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        elbo = model.log_likelihood(x, samples=1)
+        iw = model.log_likelihood(x, samples=200)
+        assert torch.allclose(model.log_likelihood(x[1:2], samples=200), iw[1:2], atol=1e-3)
+    assert (iw > elbo).all()  # the importance-weighted bound is the tighter one
+    assert (iw < 0).all()
+
+
+def test_cvae_likelihood_mixes_the_classes() -> None:
+    """log p(x) = log mean_y p(x | y): between the best class's bound minus log n and it."""
+    model = tiny_model("cvae")
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    n = model.num_classes
+    with torch.no_grad():
+        total = model.log_likelihood(x, samples=4)
+        per_class = []
+        for y in range(n):
+            labels = torch.full((2,), y)
+            mu, log_var, _ = model.encode_parts(x, labels)
+            from models.vae import bound_from_posterior
+
+            per_class.append(bound_from_posterior(
+                x, mu, log_var, 4, lambda z, y=y: model.decode_logits(model.join(z, torch.full((len(z),), y)))
+            ))  # fmt: skip
+        best = torch.stack(per_class, 1).max(1).values
+    assert (total <= best + 1e-4).all() and (total >= best - math.log(n) - 1e-4).all()
+
+
+def test_complexity_is_the_compressed_length() -> None:
+    blank = torch.zeros(1, 1, 28, 28)
+    noise = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    bits = complexity_bits(torch.cat([blank, noise]), "8-bit discrete")
+    assert bits[0] < 8 * 100 < 8 * 600 < bits[1]  # a blank image is tiny, noise ~8 bits a pixel
+    binarized = complexity_bits(noise, "binarized at 0.5")
+    assert binarized[0] < bits[1] / 3  # one bit of information per pixel, not eight
+
+
+def test_calibration_percentiles_and_its_file(tmp_path) -> None:
+    cal = Calibration(
+        "m", tuple(float(i) for i in range(100)), "ref", samples=1, likelihood="exact"
+    )
+    assert cal.percentile(-1) == 0 and cal.percentile(1000) == 100
+    assert cal.percentile(49.5) == 50.0
+    assert cal.percentile(10) == pytest.approx(10.5)  # ties count half
+    write_calibration(tmp_path, cal)
+    assert read_calibration(tmp_path) == cal
+    assert read_calibration(tmp_path / "none") is None
+    (tmp_path / "anomaly.json").write_text(json.dumps({"format": 1, "scores": [3, 1, 2] * 5}))
+    with pytest.raises(ValueError, match=r"anomaly\.json"):
+        read_calibration(tmp_path)
+    with pytest.raises(ValueError, match="sorted"):
+        Calibration("m", (2.0,) * 5 + (1.0,) * 5, "ref", 1, "exact")
+
+
+def test_auroc_and_the_out_of_distribution_sets() -> None:
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert auroc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 0.5
+    test = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    sets = ood_sets(test, 6)
+    assert len(sets) == 6
+    for name, x in sets.items():
+        assert x.shape == (6, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1, name
+        assert torch.allclose(x * 255, (x * 255).round(), atol=1e-4)
+    digits = sets["digits (fonts, MNIST layout)"]
+    assert float(digits[:, :, :4].max()) < 0.2  # MNIST's empty border around a 20x20 glyph
+    ys, _ = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = digits[:, 0].sum((1, 2))
+    cy = (digits[:, 0] * ys).sum((1, 2)) / mass
+    assert torch.allclose(cy, torch.full_like(cy, 14.0), atol=1.0)  # centred by its mass

@@ -1,0 +1,174 @@
+"""Evaluation of the density models (vae, cvae, pixelcnn, made, rbm): likelihoods on stated
+conventions beside the baselines any compressor or counting model gives, and anomaly
+detection AUROC against out-of-distribution sets (ood.py), raw likelihood beside the
+input-complexity score (models/anomaly.py). Writes the anomaly calibration (the validation
+split's scores) into the artifact for the service's percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import lzma
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models import LatentModel
+from models.anomaly import (
+    COMPLEXITY_CONVENTIONS,
+    METHOD,
+    Calibration,
+    complexity_bits,
+    write_calibration,
+)
+
+from .data import Dataset
+from .ood import auroc, ood_sets
+from .scoring import Metrics, as_float
+
+LN2 = math.log(2)
+
+
+@torch.no_grad()
+def log_likelihoods(
+    model: LatentModel, x: torch.Tensor, samples: int = 1, desc: str = "likelihood"
+) -> torch.Tensor:
+    """The model's log-likelihood (or bound, or estimate) of every image x [N, C, H, W]: [N] nats."""
+    kwargs = {"samples": samples} if model.density and model.density.takes_samples else {}
+    batch = max(1, 2000 // max(1, samples))
+    out = []
+    for i in tqdm(range(0, len(x), batch), desc=desc, leave=False, mininterval=2.0):
+        out.append(model.run("likelihood", x[i : i + batch], **kwargs).tensors()["log_likelihood"])
+    return torch.cat(out).double()
+
+
+def per_pixel_baseline(train: torch.Tensor, test: torch.Tensor, convention: str) -> float:
+    """bits/dim of the test images under independent per-pixel distributions fitted on train
+    (categorical over 256 levels, or Bernoulli), in the model's convention."""
+    tr, te = train.flatten(1), test.flatten(1)
+    if convention == "8-bit discrete":
+        levels_tr, levels_te = (tr * 255).round().long(), (te * 255).round().long()
+        counts = torch.zeros(tr.shape[1], 256, dtype=torch.float64)
+        counts.scatter_add_(1, levels_tr.T, torch.ones_like(levels_tr.T, dtype=torch.float64))
+        probs = (counts + 0.5) / (counts.sum(1, keepdim=True) + 128)  # Krichevsky-Trofimov
+        nll = -torch.log(probs.gather(1, levels_te.T)).T.sum(1)  # [N] nats
+    else:
+        if convention == "binarized at 0.5":
+            tr, te = (tr > 0.5).double(), (te > 0.5).double()
+        p = ((tr.double().sum(0) + 0.5) / (len(tr) + 1)).clamp(1e-6, 1 - 1e-6)
+        te = te.double()
+        nll = -(te * p.log() + (1 - te) * (-p).log1p()).sum(1)
+    return float(nll.mean() / (LN2 * tr.shape[1]))
+
+
+def codec_baselines(test: torch.Tensor) -> dict[str, float]:
+    """bits/dim of 8-bit test images [N, 1, H, W] under real lossless codecs: PNG and WebP
+    lossless per image, lzma over the whole set at once."""
+    from PIL import Image
+
+    pixels = (test.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
+    dims = pixels[0].size
+    png = 0
+    for img in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(img, "L").save(buf, "PNG", optimize=True)
+        png += len(buf.getvalue())
+    webp = float(complexity_bits(test, "8-bit discrete").sum()) / 8
+    whole = len(lzma.compress(pixels.tobytes(), preset=9 | lzma.PRESET_EXTREME))
+    n = len(pixels)
+    return {
+        "PNG (per image)": 8 * png / (n * dims),
+        "WebP lossless (per image)": 8 * webp / (n * dims),
+        "lzma (the whole test set at once)": 8 * whole / (n * dims),
+    }
+
+
+@torch.no_grad()
+def evaluate_density(
+    model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
+) -> Metrics:
+    density = model.density
+    assert density is not None, f"{model.family} declares no density"
+    dims = math.prod(model.image_shape)
+    samples = getattr(args, "likelihood_samples", 1) if density.takes_samples else 1
+    ll = log_likelihoods(model, test, samples, "test likelihood")
+    out: Metrics = {
+        "likelihood_kind": density.describe(samples),
+        "likelihood_convention": density.convention,
+        "test_log_likelihood_nats": float(ll.mean()),
+        "test_bits_per_dim": float(-ll.mean() / (LN2 * dims)),
+    }
+    if model.family == "rbm":
+        log_z, error = (float(v) for v in model.log_partition)  # type: ignore[union-attr]
+        out.update(ais_log_partition=log_z, ais_log_partition_std_error=error)
+    train = as_float(data.train.images)
+    baselines = {"per-pixel (fitted on train)": per_pixel_baseline(train, test, density.convention)}
+    if density.convention == "8-bit discrete" and tuple(model.image_shape[:1]) == (1,):
+        baselines.update(codec_baselines(test))
+    out["baseline_bits_per_dim"] = baselines
+    out.update(anomaly_metrics(model, data, test, ll, samples, args))
+    return out
+
+
+def anomaly_metrics(
+    model: LatentModel, data: Dataset, test: torch.Tensor, test_ll: torch.Tensor,
+    samples: int, args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    """AUROC per out-of-distribution set, raw likelihood (-log p) and input complexity side
+    by side; the validation split's scores become the artifact's calibration."""
+    assert model.density is not None
+    convention = model.density.convention
+    dims = math.prod(model.image_shape)
+
+    # the 8-bit image's code length, also where it is not comparable (reported, not served)
+    codec_convention = convention if convention in COMPLEXITY_CONVENTIONS else "8-bit discrete"
+
+    def scores(x: torch.Tensor, ll: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        raw = (-ll / (LN2 * dims)).numpy()
+        corrected = (-ll / LN2 - complexity_bits(x, codec_convention)).numpy() / dims
+        return raw, corrected
+
+    out: dict[str, Any] = {"anomaly_method": METHOD}
+    val = as_float(data.val.images)[: getattr(args, "calibration_images", 2000)]
+    if len(val) >= 10:
+        _, val_scores = scores(val, log_likelihoods(model, val, samples, "validation likelihood"))
+        calibration = Calibration(
+            method=METHOD, scores=tuple(sorted(float(s) for s in val_scores)),
+            reference=f"validation split of {data.name}, {len(val)} images", samples=samples,
+            likelihood=model.density.describe(samples),
+        )  # fmt: skip
+        out["anomaly_calibration_images"] = len(val)
+        out["anomaly_threshold_99th_percentile"] = float(np.percentile(val_scores, 99))
+        served = convention in COMPLEXITY_CONVENTIONS
+        out["anomaly_served"] = served
+        if served and not getattr(args, "no_write", True) and getattr(args, "model", None):
+            write_calibration(args.model, calibration)
+    if tuple(model.image_shape) != (1, 28, 28):
+        return out  # the rendered sets are in MNIST's layout
+    n = getattr(args, "ood_images", 1000)
+    inl = test[:n]
+    in_raw, in_s = scores(inl, test_ll[:n])
+    table = {}
+    for name, x in tqdm(ood_sets(test, n).items(), desc="out-of-distribution sets", leave=False):
+        raw, corrected = scores(x, log_likelihoods(model, x, samples, name))
+        table[name] = {
+            "likelihood": auroc(in_raw, raw),
+            "input_complexity": auroc(in_s, corrected),
+            "mean_bits_per_dim": float(raw.mean()),
+        }
+    out["anomaly_auroc"] = table
+    out["anomaly_auroc_min"] = min(v["input_complexity"] for v in table.values())
+    return out
+
+
+def density_headline(m: Metrics) -> str:
+    auc = (
+        f", anomaly AUROC >= {m['anomaly_auroc_min']:.3f} on every OOD set"
+        if "anomaly_auroc_min" in m
+        else ""
+    )
+    return f"{m['test_bits_per_dim']:.3f} bits/dim ({m['likelihood_kind']}, {m['likelihood_convention']}){auc}"
