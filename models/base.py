@@ -162,6 +162,13 @@ class LatentModel(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         raise self._no_method("reconstruct")
 
+    def check_draw(self, n: int, labels: torch.Tensor | None) -> None:
+        """The checks every ``prepare`` of an unconditional family makes: n > 0, no labels."""
+        if labels is not None:
+            raise ValueError(f"{self.family} models are not class-conditional; give no labels")
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+
     def sample_latent(
         self,
         n: int,
@@ -172,10 +179,7 @@ class LatentModel(nn.Module):
         """Draw ``n`` codes from the prior N(0, temperature^2 I): [n, latent_dim]."""
         if "generate" not in self.operations:
             raise self._unsupported("generate")
-        if labels is not None:
-            raise ValueError(f"{self.family} models are not class-conditional; give no labels")
-        if n <= 0:
-            raise ValueError(f"n must be positive, got {n}")
+        self.check_draw(n, labels)
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         return z * temperature

@@ -126,10 +126,7 @@ class MADE(LatentModel):
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The randomness of ``n`` samples, scaled by the temperature: [n, K + 1, D]."""
-        if labels is not None:
-            raise ValueError("made models are not class-conditional; give no labels")
-        if n <= 0:
-            raise ValueError(f"n must be positive, got {n}")
+        self.check_draw(n, labels)
         return logistic.draw_noise((n, self.dims), self.config.mixtures, generator, temperature)
 
     def sample_pixels(

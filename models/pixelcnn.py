@@ -191,10 +191,7 @@ class PixelCNN(LatentModel):
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The randomness of ``n`` samples, scaled by the temperature: [n, C, K + 1, H, W]."""
-        if labels is not None:
-            raise ValueError("pixelcnn models are not class-conditional; give no labels")
-        if n <= 0:
-            raise ValueError(f"n must be positive, got {n}")
+        self.check_draw(n, labels)
         c, h, w = self.image_shape
         k = self.config.mixtures
         noise = logistic.draw_noise((n * c, h, w), k, generator, temperature)  # [nC, K+1, H, W]

@@ -123,10 +123,7 @@ class RBM(LatentModel):
     ) -> torch.Tensor:
         """One (seed, temperature) per chain [n, 2]: each chain draws its own randomness, so a
         chain gives the same image whatever it is batched with."""
-        if labels is not None:
-            raise ValueError("rbm models are not class-conditional; give no labels")
-        if n <= 0:
-            raise ValueError(f"n must be positive, got {n}")
+        self.check_draw(n, labels)
         if not 0 < temperature <= 10:
             raise ValueError(f"an RBM samples at a temperature in (0, 10], got {temperature}")
         seeds = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64)

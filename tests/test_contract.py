@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.anomaly import COMPLEXITY_CONVENTIONS
 from models import (
     FAMILIES,
     ClassifyOutput,
@@ -28,6 +27,7 @@ from models import (
     Op,
     SearchBudget,
 )
+from models.anomaly import COMPLEXITY_CONVENTIONS
 from models.base import register
 from models.operations import INPUTS
 from service import Settings
