@@ -49,11 +49,13 @@ def prepare(folder: Path, base: str) -> None:
             "reconstruct": ("application/json", image_json),
             "encode": ("application/json", image_json),
             "classify": ("application/json", image_json),
+            "likelihood": ("application/json", image_json),
+            "anomaly": ("application/json", image_json),
             "denoise": ("image/png", png),
             "decode": ("application/json", json.dumps({"latent": [0.1] * m["latent_dim"]})),
             "generate": ("application/json", json.dumps({"n": 8, "seed": 3})),
             "arithmetic": ("application/json", json.dumps({f"latent_{t}": [0.1 * i] * m["latent_dim"] for i, t in enumerate("abc")})),
-            "interpolate": ("application/json", json.dumps({"seed_a": 1, "seed_b": 2, "steps": 8} if "generate" in m["operations"] else {"latent_a": [0.0] * m["latent_dim"], "latent_b": [1.0] * m["latent_dim"], "steps": 8})),
+            "interpolate": ("application/json", json.dumps({"seed_a": 1, "seed_b": 2, "steps": 8} if m["latent_prior"] else {"latent_a": [0.0] * m["latent_dim"], "latent_b": [1.0] * m["latent_dim"], "steps": 8})),
         }  # fmt: skip
         for op in m["operations"]:
             ctype, body = bodies[op]

@@ -61,7 +61,7 @@ class ConditionalVAE(ConditionalCode, VAE):
         "decode": Op("decode"),
         "reconstruct": Op("reconstruct"),
         "generate": Op("decode", prepare="sample_latent"),
-        "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
+        "likelihood": Op("log_likelihood", returns=("log_likelihood",), trace=False),  # samples=
     }
     example_config = {"latent_dim": 3, "width": 4, "class_names": ["boot", "sandal", "bag"]}
     config: CVAEConfig

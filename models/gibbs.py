@@ -16,13 +16,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .rbm import RBM
+
+class BoltzmannMachine(Protocol):
+    """What the chains need of an RBM (models/rbm.py): W [D, H], b [D], c [H]."""
+
+    @property
+    def weight(self) -> torch.Tensor: ...
+    @property
+    def visible_bias(self) -> torch.Tensor: ...
+    @property
+    def hidden_bias(self) -> torch.Tensor: ...
+    @property
+    def dims(self) -> int: ...
+    @property
+    def latent_dim(self) -> int: ...
 
 
 def _bernoulli(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -47,7 +59,7 @@ def shared_uniform(n: int, generator: torch.Generator | None = None) -> Uniform:
 
 @torch.no_grad()
 def gibbs_chains(
-    rbm: RBM,
+    rbm: BoltzmannMachine,
     temperatures: torch.Tensor,
     steps: int,
     uniform: Uniform,
@@ -80,7 +92,7 @@ def ais_betas(count: int = 14_500) -> torch.Tensor:
 
 
 def _log_unnormalised(
-    rbm: RBM, v: torch.Tensor, beta: float, base_bias: torch.Tensor
+    rbm: BoltzmannMachine, v: torch.Tensor, beta: float, base_bias: torch.Tensor
 ) -> torch.Tensor:
     """log p*_beta(v) [M] (hidden units summed out), float64."""
     w, b, c = rbm.weight.double(), rbm.visible_bias.double(), rbm.hidden_bias.double()
@@ -89,7 +101,7 @@ def _log_unnormalised(
 
 @torch.no_grad()
 def ais_log_partition(
-    rbm: RBM,
+    rbm: BoltzmannMachine,
     base_bias: torch.Tensor,
     betas: torch.Tensor,
     runs: int = 100,
@@ -129,7 +141,7 @@ def ais_log_partition(
 
 
 @torch.no_grad()
-def exact_log_partition(rbm: RBM) -> float:
+def exact_log_partition(rbm: BoltzmannMachine) -> float:
     """log Z by summing over every hidden state: only for tiny RBMs (H <= 20), e.g. tests."""
     hidden = rbm.latent_dim
     if hidden > 20:

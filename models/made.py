@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import logistic
 from .autoregressive import sample_made
 from .base import ConfigError, LatentModel, ModelConfig, check_images, check_positive, register
+from .logistic import draw_noise, log_prob, quantize, to_unit
 from .operations import Density, Op, SearchBudget
 
 
@@ -88,7 +88,6 @@ class MADE(LatentModel):
     density = Density(kind="exact", convention="8-bit discrete")
     example_config = {"hidden_sizes": [16], "mixtures": 2, "image_shape": [1, 8, 8]}
     config: MADEConfig
-    order: torch.Tensor
 
     def __init__(self, config: MADEConfig) -> None:
         super().__init__(config)
@@ -101,7 +100,10 @@ class MADE(LatentModel):
         )
         # one output block per parameter kind: rows [3K * D] ordered (parameter, pixel)
         self.out = MaskedLinear(sizes[-1], 3 * k * self.dims, masks[-1].repeat(3 * k, 1))
-        self.register_buffer("order", torch.arange(self.dims), persistent=False)
+
+    @property
+    def mixtures(self) -> int:
+        return self.config.mixtures
 
     def pixel_params(self, xu: torch.Tensor) -> torch.Tensor:
         """xu [B, D] in [-1, 1] -> mixture parameters [B, 3K, D] of every pixel given those
@@ -114,9 +116,9 @@ class MADE(LatentModel):
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) in nats of x [B, C, H, W] in [0, 1] read as 8-bit values: [B]."""
         check_images(self, x)
-        pixels = logistic.quantize(x).flatten(1)  # [B, D]
-        params = self.pixel_params(logistic.to_unit(pixels))
-        return logistic.log_prob(params, pixels, self.config.mixtures).sum(1)
+        pixels = quantize(x).flatten(1)  # [B, D]
+        params = self.pixel_params(to_unit(pixels))
+        return log_prob(params, pixels, self.config.mixtures).sum(1)
 
     def sample_noise(
         self,
@@ -127,7 +129,7 @@ class MADE(LatentModel):
     ) -> torch.Tensor:
         """The randomness of ``n`` samples, scaled by the temperature: [n, K + 1, D]."""
         self.check_draw(n, labels)
-        return logistic.draw_noise((n, self.dims), self.config.mixtures, generator, temperature)
+        return draw_noise((n, self.dims), self.config.mixtures, generator, temperature)
 
     def sample_pixels(
         self, noise: torch.Tensor, budget: SearchBudget | None = None

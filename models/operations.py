@@ -57,10 +57,13 @@ class Op:
     prepare: str | None = None
     #: an iterative search, called with ``budget=SearchBudget``; never traced
     search: bool = False
+    #: False for a method the service always calls with arguments (a VAE's likelihood takes
+    #: samples=): a trace has none, so none is made
+    trace: bool = True
 
     @property
     def traceable(self) -> bool:
-        return not self.search
+        return self.trace and not self.search
 
 
 @dataclasses.dataclass(frozen=True)

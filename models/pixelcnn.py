@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import logistic
 from .autoregressive import sample_pixelcnn
 from .base import ConfigError, LatentModel, ModelConfig, check_images, check_positive, register
+from .logistic import draw_noise, log_prob, quantize, to_unit
 from .operations import Density, Op, SearchBudget
 
 
@@ -133,6 +133,10 @@ class PixelCNN(LatentModel):
         )
 
     @property
+    def mixtures(self) -> int:
+        return self.config.mixtures
+
+    @property
     def rows_seen(self) -> int:
         """Rows above a pixel that can influence it (the band the sampler recomputes)."""
         return sum(layer.rows_seen() for layer in self.layers)
@@ -167,10 +171,10 @@ class PixelCNN(LatentModel):
     def pixel_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] in [0, 1] (quantized to 8 bits) -> log p per pixel channel, nats."""
         check_images(self, x)
-        pixels = logistic.quantize(x)
-        params = self(logistic.to_unit(pixels))  # [B, C, 3K, H, W]
+        pixels = quantize(x)
+        params = self(to_unit(pixels))  # [B, C, 3K, H, W]
         b, c, k3, h, w = params.shape
-        lp = logistic.log_prob(
+        lp = log_prob(
             params.reshape(b * c, k3, h, w), pixels.reshape(b * c, h, w), self.config.mixtures
         )
         return lp.view(b, c, h, w)
@@ -194,7 +198,7 @@ class PixelCNN(LatentModel):
         self.check_draw(n, labels)
         c, h, w = self.image_shape
         k = self.config.mixtures
-        noise = logistic.draw_noise((n * c, h, w), k, generator, temperature)  # [nC, K+1, H, W]
+        noise = draw_noise((n * c, h, w), k, generator, temperature)  # [nC, K+1, H, W]
         return noise.view(n, c, k + 1, h, w)
 
     def sample_pixels(

@@ -17,6 +17,7 @@ beta weighting from Higgins et al., "beta-VAE", ICLR 2017.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -47,7 +48,7 @@ class VAE(Autoencoder):
         "decode": Op("decode"),
         "reconstruct": Op("reconstruct"),
         "generate": Op("decode", prepare="sample_latent"),  # codes from the prior, decoded
-        "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
+        "likelihood": Op("log_likelihood", returns=("log_likelihood",), trace=False),  # samples=
     }
     density = Density(
         kind="lower bound (ELBO)", convention="Bernoulli on grey levels", takes_samples=True
@@ -126,8 +127,10 @@ class VAE(Autoencoder):
         return bound_from_posterior(x, mu, log_var, samples, self.decode_logits)
 
 
+@functools.lru_cache(maxsize=16)
 def fixed_noise(samples: int, dim: int) -> torch.Tensor:
-    """The K standard normal draws every row shares [K, dim]."""
+    """The K standard normal draws every row shares [K, dim]: the same tensor every call (a
+    trace records it as a constant instead of replaying a generator)."""
     return torch.randn(samples, dim, generator=torch.Generator().manual_seed(0))
 
 

@@ -212,7 +212,7 @@ class Operations:
         fn: BatchFn
         if op.search:  # iterative: never traced, run with the settings' budget
             fn = partial(getattr(lm.model, op.method), budget=self.budget)
-        elif options:  # a method with arguments is run as it is (a trace has none)
+        elif options or not op.traceable:  # with arguments: as it is (a trace has none)
             fn = partial(getattr(lm.model, op.method), **options)
         else:
             fn = self.traced(lm, op.method)
@@ -291,12 +291,6 @@ class Operations:
             for operation, op in model.operations.items():
                 if not op.traceable:
                     continue
-                if (
-                    model.density is not None
-                    and model.density.takes_samples
-                    and operation == "likelihood"
-                ):
-                    continue  # requests always give samples=: those calls are not traced
                 if op.prepare is not None:
                     x = getattr(model, op.prepare)(1, g, 1.0, None)
                 elif INPUTS.get(operation) == "latents":

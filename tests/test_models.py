@@ -37,6 +37,9 @@ def test_forward_backward_every_family_and_shape(family: str, shape: tuple[int, 
         nll, kl, ce = model.loss_terms(x, labels)
         out = model(x, labels)[0]
         loss = (nll + kl + ce).mean()
+    elif model.density is not None and "generate" in model.operations and family != "vae":
+        loss = -model.log_likelihood(x).mean()  # pixelcnn, made, rbm: their likelihood
+        out = model.sample(3) if family == "rbm" else x
     else:
         out = model(x)[0] if family == "vae" else model(x)
         loss = out.pow(2).mean()
@@ -176,7 +179,8 @@ def test_bad_configs_are_refused(family: str, config: dict, message: str) -> Non
 
 def test_every_family_is_registered() -> None:
     assert set(FAMILIES) == {
-        "ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "cvae", "cgan", "classifier"
+        "ae", "stacked-ae", "dae", "sparse-ae", "vae", "gan", "cvae", "cgan", "classifier",
+        "pixelcnn", "made", "rbm",
     }  # fmt: skip
 
 

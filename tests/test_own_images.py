@@ -87,6 +87,8 @@ def check_operation(client: TestClient, name: str, op: str, info: dict, data: Pa
         "reconstruct": {"image": photo},
         "denoise": {"image": photo},
         "classify": {"image": photo},
+        "likelihood": {"image": photo},
+        "anomaly": {"image": photo},
         "interpolate": {"image": photo, "image_b": other},
         "arithmetic": {"image": photo, "image_b": other, "image_c": photo},
     }.get(op)
@@ -104,6 +106,8 @@ def check_operation(client: TestClient, name: str, op: str, info: dict, data: Pa
         assert len(r.json()["latent"]) == info["latent_dim"]
     elif op == "classify":
         assert set(r.json()["probabilities"]) == {"discs", "squares"}
+    elif op in ("likelihood", "anomaly"):
+        assert r.json()["convention"] if op == "likelihood" else r.json()["method"]
     else:
         frame = Image.open(io.BytesIO(r.content))
         assert frame.mode == "RGB", (name, op, frame.mode)

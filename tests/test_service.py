@@ -83,6 +83,9 @@ def test_list_and_describe(client: TestClient) -> None:
         "stacked-t",
         "sparse-t",
         "classifier-t",
+        "pixelcnn-t",
+        "made-t",
+        "rbm-t",
     }
     vae = client.get("/v1/models/vae-t").json()
     assert vae["family"] == "vae" and vae["image_shape"] == [1, 28, 28] and vae["latent_dim"] == 3
@@ -93,6 +96,7 @@ def test_list_and_describe(client: TestClient) -> None:
         "encode",
         "generate",
         "interpolate",
+        "likelihood",
         "reconstruct",
     ]
     gan = client.get("/v1/models/gan-t").json()
@@ -368,7 +372,7 @@ def test_interpolate_gif_has_a_frame_per_step(client: TestClient) -> None:
             "method: Input should be 'linear' or 'slerp'",
         ),
         ("classifier-t", {"seed_a": 1, "seed_b": 2}, 400, "does not support interpolate"),
-        ("ae-t", {"seed_a": 1, "seed_b": 2}, 400, "has no prior to draw seeds from"),
+        ("ae-t", {"seed_a": 1, "seed_b": 2}, 400, "draws no codes from a prior"),
         (
             "vae-t",
             {"seed_a": 1, "latent_a": [0, 0, 0], "latent_b": [0, 0, 0]},

@@ -122,7 +122,7 @@ def test_folder_dataset_end_to_end(tmp_path: Path) -> None:
             ["--family", "ae", "--latent-dim", "0"],
             "--latent-dim: must be a positive integer, got 0",
         ),
-        (["--family", "rbm"], "argument --family: invalid choice: 'rbm'"),
+        (["--family", "nade"], "argument --family: invalid choice: 'nade'"),
         (["--family", "ae", "--dataset", "cifar"], "unknown dataset 'cifar'"),
         (["--family", "ae", "--dataset", "folder:/no/such/dir"], "not a readable directory"),
         (["--family", "ae", "--image-shape", "2,28,28"], "need C of 1 or 3"),
