@@ -37,12 +37,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .operations import Density
+
 CALIBRATION_FILE = "anomaly.json"
 #: conventions under which -log2 p(x) and the codec's length count the same bits. Under
 #: "Bernoulli on grey levels" (a VAE's) log p is not a code length for the 8-bit image, and the
 #: difference is meaningless: measured, it calls uniform noise the most normal image of all
 #: (AUROC 0.0), so those models get no anomaly operation.
 COMPLEXITY_CONVENTIONS = ("8-bit discrete", "binarized at 0.5")
+
+
+def has_anomaly_score(density: Density | None) -> bool:
+    """Whether a model with this density gets the input-complexity score (and ``anomaly``)."""
+    return density is not None and density.convention in COMPLEXITY_CONVENTIONS
+
+
 METHOD = (
     "input complexity (Serra et al. 2020): -log2 p(x) minus the WebP-lossless length of x, bits/dim"
 )

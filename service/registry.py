@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models import CheckpointError, ConfigError, LatentModel, load_model
-from models.anomaly import COMPLEXITY_CONVENTIONS, Calibration, read_calibration
+from models.anomaly import Calibration, has_anomaly_score, read_calibration
 from models.plugins import load_plugins
 
 log = logging.getLogger("latentserve.registry")
@@ -65,10 +65,6 @@ class LoadedModel:
     @functools.cached_property  # asked on every request; the model never changes
     def operations(self) -> list[str]:
         return served_operations(self.model.operations, self.calibration is not None)
-
-    @staticmethod
-    def _calibration_applies(model: LatentModel) -> bool:
-        return model.density is not None and model.density.convention in COMPLEXITY_CONVENTIONS
 
     @property
     def class_names(self) -> list[str]:
@@ -225,7 +221,7 @@ class ModelRegistry:
             seconds,
         )
         calibration = None
-        if LoadedModel._calibration_applies(model):  # a VAE's likelihood has no code length
+        if has_anomaly_score(model.density):  # a VAE's likelihood has no code length
             try:
                 calibration = read_calibration(folder)
             except ValueError as exc:  # the model still serves; only anomaly is missing

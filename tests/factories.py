@@ -9,10 +9,10 @@ import torch
 
 from models import FAMILIES, LatentModel, build_model, save_model
 from models.anomaly import (
-    COMPLEXITY_CONVENTIONS,
     METHOD,
     Calibration,
     complexity_score,
+    has_anomaly_score,
     write_calibration,
 )
 from models.gibbs import exact_log_partition
@@ -42,7 +42,7 @@ def write_tiny(folder: Path, family: str, **kwargs: Any) -> Path:
     seeded random images), so the service answers anomaly for it."""
     model = tiny_model(family, **kwargs)
     save_model(model, folder)
-    if model.density is not None and model.density.convention in COMPLEXITY_CONVENTIONS:
+    if has_anomaly_score(model.density):
         x = torch.rand(32, *model.image_shape, generator=torch.Generator().manual_seed(9))
         with torch.no_grad():
             ll = model.run("likelihood", x).tensors()["log_likelihood"]

@@ -27,7 +27,7 @@ from models import (
     Op,
     SearchBudget,
 )
-from models.anomaly import COMPLEXITY_CONVENTIONS
+from models.anomaly import has_anomaly_score
 from models.base import register
 from models.operations import INPUTS
 from service import Settings
@@ -84,8 +84,7 @@ def test_the_service_answers_every_operation_the_declaration_gives(
     client = start(Settings(weights_dir=tmp_path, inversion_steps=5, inversion_restarts=1))
     try:
         info = client.get("/v1/models/m").json()
-        density = FAMILIES[family].density
-        calibrated = density is not None and density.convention in COMPLEXITY_CONVENTIONS
+        calibrated = has_anomaly_score(FAMILIES[family].density)
         assert info["operations"] == served_operations(FAMILIES[family].operations, calibrated)
         assert info["conditional"] == FAMILIES[family].conditional
         for operation in info["operations"]:

@@ -23,6 +23,7 @@ from models.anomaly import (
     METHOD,
     Calibration,
     complexity_bits,
+    has_anomaly_score,
     write_calibration,
 )
 
@@ -102,9 +103,6 @@ def evaluate_density(
         "test_log_likelihood_nats": float(ll.mean()),
         "test_bits_per_dim": float(-ll.mean() / (LN2 * dims)),
     }
-    if model.family == "rbm":
-        log_z, error = (float(v) for v in model.log_partition)  # type: ignore[union-attr]
-        out.update(ais_log_partition=log_z, ais_log_partition_std_error=error)
     train = as_float(data.train.images)
     baselines = {"per-pixel (fitted on train)": per_pixel_baseline(train, test, density.convention)}
     if density.convention == "8-bit discrete" and tuple(model.image_shape[:1]) == (1,):
@@ -143,7 +141,7 @@ def anomaly_metrics(
         )  # fmt: skip
         out["anomaly_calibration_images"] = len(val)
         out["anomaly_threshold_99th_percentile"] = float(np.percentile(val_scores, 99))
-        served = convention in COMPLEXITY_CONVENTIONS
+        served = has_anomaly_score(model.density)
         out["anomaly_served"] = served
         if served and not getattr(args, "no_write", True) and getattr(args, "model", None):
             write_calibration(args.model, calibration)

@@ -13,10 +13,11 @@ from models import LatentModel
 from models.gibbs import ais_betas, ais_log_partition
 from models.rbm import RBM, binarize
 
-from ..data import Split
+from ..data import Dataset, Split
 from ..declaration import TrainingSpec, register_training
 from ..density import density_headline, evaluate_density
 from ..recipes import Recipe
+from ..scoring import Metrics
 
 
 def base_rate_bias(train: Split) -> torch.Tensor:
@@ -87,7 +88,21 @@ class RBMRecipe(Recipe):
         )
 
 
+@torch.no_grad()
+def evaluate_rbm(
+    model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
+) -> Metrics:
+    """The density evaluation, and the stored AIS estimate of log Z it rests on."""
+    assert isinstance(model, RBM)
+    log_z, error = (float(v) for v in model.log_partition)
+    return {
+        **evaluate_density(model, data, test, args),
+        "ais_log_partition": log_z,
+        "ais_log_partition_std_error": error,
+    }
+
+
 register_training(TrainingSpec(
-    family="rbm", recipe=RBMRecipe, evaluate=evaluate_density, headline=density_headline,
+    family="rbm", recipe=RBMRecipe, evaluate=evaluate_rbm, headline=density_headline,
     lr=1e-3, floors=(),
 ))  # fmt: skip
