@@ -99,6 +99,101 @@ def _log_unnormalised(
     return (1 - beta) * (v @ base_bias) + beta * (v @ b) + F.softplus(beta * (v @ w + c)).sum(1)
 
 
+def tempering_betas(replicas: int) -> torch.Tensor:
+    """The inverse temperatures 1 = beta_0 > ... > beta_R-1 = 0 of parallel tempering's
+    replicas [R], spaced evenly in beta^2 so that they crowd near 1, as AIS's schedule does
+    (``ais_betas``): near the model the distributions change fastest with beta."""
+    if replicas < 2:
+        raise ValueError(f"parallel tempering needs at least 2 replicas, got {replicas}")
+    return torch.linspace(1.0, 0.0, replicas).sqrt()
+
+
+class Ladder:
+    """Parallel tempering's replicas (Swendsen & Wang 1986; for RBMs Desjardins et al.,
+    "Tempered Markov Chain Monte Carlo for Training of Restricted Boltzmann Machines",
+    AISTATS 2010): replica r of a chain samples p_r(v) ∝ exp((1 - beta_r) a.v) p*(v)^(beta_r / T),
+    on AIS's path from the base-rate model (visible biases ``base_bias`` a [D], beta 0:
+    independent pixels) to the model at temperature T (beta 1). A step is a block Gibbs sweep
+    of every replica, then a Metropolis swap of neighbouring replicas (even pairs on even
+    steps, odd pairs on odd ones): states found where mixing is easy travel down to beta 1, so
+    a chain visits modes that a plain Gibbs chain never leaves for."""
+
+    def __init__(
+        self,
+        rbm: BoltzmannMachine,
+        base_bias: torch.Tensor,
+        betas: torch.Tensor,
+        temperatures: torch.Tensor,
+    ) -> None:
+        if betas.ndim != 1 or len(betas) < 2 or float(betas[0]) != 1.0:
+            raise ValueError("betas must start at 1 and have at least 2 replicas")
+        dtype = rbm.weight.dtype
+        self.rbm, self.base = rbm, base_bias.to(dtype)
+        self.replicas = len(betas)
+        beta = betas.to(dtype)
+        # [n, R, 1]: the share of the model's energy each replica sees, and of the base rate's
+        self.scale = beta.view(1, -1, 1) / temperatures.to(dtype).view(-1, 1, 1)
+        self.rest = (1 - beta).view(1, -1, 1)
+
+    def start(self, uniform: Uniform) -> torch.Tensor:
+        """Every replica of every chain drawn from the base rate: v [n, R, D]."""
+        n, r, d = self.scale.shape[0], self.replicas, self.rbm.dims
+        return _bernoulli(torch.sigmoid(self.base).expand(n, r, d), uniform(r * d).view(n, r, d))
+
+    def log_p(self, v: torch.Tensor, replicas: torch.Tensor) -> torch.Tensor:
+        """log p*_r(v) [n, P] for states v [n, P, D] under the replicas [P] (h summed out)."""
+        rbm, s, q = self.rbm, self.scale[:, replicas], self.rest[:, replicas]
+        fields = s * (v @ rbm.weight + rbm.hidden_bias)
+        return ((q * self.base + s * rbm.visible_bias) * v).sum(-1) + F.softplus(fields).sum(-1)
+
+    def step(
+        self, v: torch.Tensor, parity: int, uniform: Uniform
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One sweep and one round of swaps of states v [n, R, D] -> (new v [n, R, D], its
+        p(v = 1 | h) [n, R, D], the share of proposed swaps accepted)."""
+        rbm, n, r = self.rbm, v.shape[0], self.replicas
+        h_prob = torch.sigmoid(self.scale * (v @ rbm.weight + rbm.hidden_bias))
+        h = _bernoulli(h_prob, uniform(r * rbm.latent_dim).view(n, r, -1))
+        p_v = torch.sigmoid(
+            self.rest * self.base + self.scale * (h @ rbm.weight.T + rbm.visible_bias)
+        )
+        v = _bernoulli(p_v, uniform(r * rbm.dims).view(n, r, -1))
+        pairs = torch.arange(parity % 2, r - 1, 2)  # swap i with i + 1
+        u = uniform(r - 1)[:, : len(pairs)]  # [n, P]
+        a, b = v[:, pairs], v[:, pairs + 1]
+        log_accept = (
+            self.log_p(b, pairs) + self.log_p(a, pairs + 1)
+            - self.log_p(a, pairs) - self.log_p(b, pairs + 1)
+        )  # fmt: skip
+        swap = (u.log() < log_accept).unsqueeze(-1)  # [n, P, 1]
+        v[:, pairs], v[:, pairs + 1] = torch.where(swap, b, a), torch.where(swap, a, b)
+        pa, pb = p_v[:, pairs], p_v[:, pairs + 1]
+        p_v[:, pairs], p_v[:, pairs + 1] = torch.where(swap, pb, pa), torch.where(swap, pa, pb)
+        return v, p_v, float(swap.float().mean()) if len(pairs) else 0.0
+
+
+@torch.no_grad()
+def tempered_chains(
+    rbm: BoltzmannMachine,
+    base_bias: torch.Tensor,
+    betas: torch.Tensor,
+    temperatures: torch.Tensor,
+    steps: int,
+    uniform: Uniform,
+    stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """One parallel-tempering chain (``Ladder``) per temperature [n], ``steps`` steps from the
+    base rate; returns the beta-1 replica's last p(v = 1 | h) [n, D]."""
+    ladder = Ladder(rbm, base_bias, betas, temperatures)
+    v = ladder.start(uniform)
+    p_v = v
+    for step in range(steps):
+        v, p_v, _ = ladder.step(v, step, uniform)
+        if stop is not None and step % 50 == 49 and stop():
+            break
+    return p_v[:, 0]
+
+
 @torch.no_grad()
 def ais_log_partition(
     rbm: BoltzmannMachine,

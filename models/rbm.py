@@ -14,33 +14,46 @@
 
 Operations: ``encode`` gives the hidden units' probabilities p(h = 1 | v) [B, H]; ``decode``
 the visible probabilities p(v = 1 | h) for hidden probabilities h (the mean-field step);
-``reconstruct`` the two in turn; ``generate`` runs ``gibbs_steps`` block Gibbs steps per
-chain from the visible biases' base rate, at a temperature (energies divided by T), and shows
-the last step's visible probabilities.
+``reconstruct`` the two in turn; ``generate`` runs ``gibbs_steps`` steps per chain from the
+base rate, at a temperature (energies divided by T), and shows the last step's visible
+probabilities: block Gibbs sampling, or with ``replicas`` > 1 parallel tempering (gibbs.py),
+whose chains cross between modes that a Gibbs chain stays in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import LatentModel, ModelConfig, check_code_shape, check_images, check_positive, register
-from .gibbs import gibbs_chains, per_chain_uniform
+from .gibbs import (
+    Uniform,
+    gibbs_chains,
+    per_chain_uniform,
+    shared_uniform,
+    tempered_chains,
+    tempering_betas,
+)
 from .operations import Density, Op, SearchBudget
 
 
 @dataclasses.dataclass
 class RBMConfig(ModelConfig):
     latent_dim: int = 500  # hidden units
-    gibbs_steps: int = 1000  # block Gibbs steps of each generated chain
+    gibbs_steps: int = 1000  # steps of each generated chain
+    # replicas of a generated chain: 1 = plain block Gibbs sampling; more = parallel
+    # tempering (gibbs.Ladder) between the base-rate model and this one
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "gibbs_steps")
+        check_positive(self, "replicas")
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +76,7 @@ class RBM(LatentModel):
     example_config = {"latent_dim": 8, "gibbs_steps": 5, "image_shape": [1, 8, 8]}
     config: RBMConfig
     log_partition: torch.Tensor
+    base_rate: torch.Tensor
 
     def __init__(self, config: RBMConfig) -> None:
         super().__init__(config)
@@ -72,6 +86,9 @@ class RBM(LatentModel):
         self.hidden_bias = nn.Parameter(torch.zeros(config.latent_dim))  # c [H]
         # (log Z estimate, its standard error), set by AIS after training; NaN until then
         self.register_buffer("log_partition", torch.full((2,), float("nan")))
+        # log-odds of each pixel in the binarized training images [D], set by the trainer:
+        # AIS's and parallel tempering's base-rate model
+        self.register_buffer("base_rate", torch.zeros(self.dims))
 
     def visible(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] in [0, 1] -> binary visible units v [B, D]."""
@@ -136,8 +153,23 @@ class RBM(LatentModel):
         if seeds.ndim != 2 or seeds.shape[1] != 2:
             raise ValueError(f"expected chain seeds of shape [n, 2], got {list(seeds.shape)}")
         uniform = per_chain_uniform([int(s) for s in seeds[:, 0]])
-        probs = gibbs_chains(
-            self, seeds[:, 1].to(torch.float32), self.config.gibbs_steps, uniform,
-            stop=budget.stop if budget else None,
-        )  # fmt: skip
+        temperatures = seeds[:, 1].to(torch.float32)
+        return self.run_chains(temperatures, uniform, budget.stop if budget else None)
+
+    def sample_many(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images [n, C, H, W] by the same chains as ``generate``, all drawing from one
+        generator: much faster for the thousands of samples an evaluation needs, but a
+        chain's image then depends on its batch-mates (the service never uses it)."""
+        return self.run_chains(torch.ones(n), shared_uniform(n, generator))
+
+    def run_chains(
+        self, temperatures: torch.Tensor, uniform: Uniform, stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
+        """One chain per temperature [n], ``gibbs_steps`` steps: Gibbs or tempered (config)."""
+        steps = self.config.gibbs_steps
+        if self.config.replicas > 1:
+            betas = tempering_betas(self.config.replicas)
+            probs = tempered_chains(self, self.base_rate, betas, temperatures, steps, uniform, stop)
+        else:
+            probs = gibbs_chains(self, temperatures, steps, uniform, stop)
         return probs.view(-1, *self.image_shape)

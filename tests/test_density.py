@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import build_model, logistic
 from models.anomaly import Calibration, complexity_bits, read_calibration, write_calibration
 from models.autoregressive import pixelcnn_pixel_params, pixelcnn_row_links
 from models.gibbs import (
+    Ladder,
     ais_betas,
     ais_log_partition,
     exact_log_partition,
     gibbs_chains,
     per_chain_uniform,
+    shared_uniform,
+    tempered_chains,
+    tempering_betas,
 )
 from models.rbm import RBM
 from training.ood import auroc, ood_sets
@@ -181,6 +187,70 @@ def test_gibbs_chains_do_not_depend_on_their_batch_mates() -> None:
     temps = torch.ones(3)
     together = gibbs_chains(model, temps, 20, per_chain_uniform([5, 6, 7]))
     alone = gibbs_chains(model, temps[:1], 20, per_chain_uniform([6]))
+    assert torch.allclose(together[1:2], alone, atol=1e-6)
+    assert not torch.allclose(together[0], together[1])
+
+
+def two_mode_rbm(weight: float, hidden_bias: float) -> types.SimpleNamespace:
+    """Six visible units, one hidden unit: the hidden unit on turns every pixel on, off turns
+    them off. With large weights the two modes are far apart and Gibbs chains stay in the
+    one they start in."""
+    return types.SimpleNamespace(
+        weight=torch.full((6, 1), weight), visible_bias=torch.full((6,), -weight / 2),
+        hidden_bias=torch.full((1,), hidden_bias), dims=6, latent_dim=1,
+    )  # fmt: skip
+
+
+def exact_pixel_means(rbm: types.SimpleNamespace, temperature: float) -> torch.Tensor:
+    """E[v] [6] under p(v) ∝ sum_h exp(-E(v, h) / T), summed over all 64 visible states."""
+    v = torch.tensor([[(i >> j) & 1 for j in range(6)] for i in range(64)], dtype=torch.float64)
+    w, b, c = (t.double() for t in (rbm.weight, rbm.visible_bias, rbm.hidden_bias))
+    log_p = (v @ b) / temperature + F.softplus((v @ w + c) / temperature).sum(1)
+    return (torch.softmax(log_p, 0)[:, None] * v).sum(0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_parallel_tempering_samples_the_exact_distribution_where_gibbs_is_stuck(
+    temperature: float,
+) -> None:
+    """On two far-apart modes (98% of the mass in one at T = 1) tempered chains' pixel means
+    match the exact ones; plain Gibbs chains of the same length stay where they started."""
+    rbm = two_mode_rbm(8.0, -12.0)
+    exact = exact_pixel_means(rbm, temperature)
+    n, temps = 4000, torch.full((4000,), temperature)
+    g = torch.Generator().manual_seed(0)
+    tempered = tempered_chains(
+        rbm, torch.zeros(6), tempering_betas(8), temps, 60, shared_uniform(n, g)
+    ).mean(0)
+    assert torch.allclose(tempered.double(), exact, atol=0.02), (tempered, exact)
+    if temperature == 1.0:
+        gibbs = gibbs_chains(rbm, temps, 60, shared_uniform(n, g)).mean(0)
+        assert float((gibbs.double() - exact).abs().max()) > 0.3  # the test has teeth
+
+
+def test_tempering_ladders_are_checked_and_swap() -> None:
+    betas = tempering_betas(5)
+    assert float(betas[0]) == 1.0 and float(betas[-1]) == 0.0
+    assert bool((betas[1:] < betas[:-1]).all())
+    with pytest.raises(ValueError, match="at least 2 replicas"):
+        tempering_betas(1)
+    rbm = two_mode_rbm(1.0, 0.0)
+    with pytest.raises(ValueError, match="start at 1"):
+        Ladder(rbm, torch.zeros(6), torch.tensor([0.5, 0.0]), torch.ones(2))
+    ladder = Ladder(rbm, torch.zeros(6), betas, torch.ones(50))
+    uniform = shared_uniform(50, torch.Generator().manual_seed(0))
+    v = ladder.start(uniform)
+    assert v.shape == (50, 5, 6)
+    v, p_v, accepted = ladder.step(v, 0, uniform)
+    assert p_v.shape == v.shape and 0.3 < accepted <= 1.0  # neighbours close: most swaps taken
+
+
+def test_tempered_rbm_samples_do_not_depend_on_their_batch_mates() -> None:
+    model = tiny_model("rbm", image_shape=(1, 8, 8))
+    model.config.replicas = 4
+    seeds = model.chain_seeds(3, torch.Generator().manual_seed(1))
+    together = model.sample_gibbs(seeds)
+    alone = model.sample_gibbs(seeds[1:2])
     assert torch.allclose(together[1:2], alone, atol=1e-6)
     assert not torch.allclose(together[0], together[1])
 

@@ -119,3 +119,26 @@ def test_cards_table_summarises_evaluated_models(artifacts: Path) -> None:
     card = json.loads((artifacts / "ae" / "card.json").read_text())
     assert f"PSNR {card['metrics']['psnr']:.2f} dB" in ae_row
     assert "| quality floors |" in text.splitlines()[0]
+
+
+def test_rbm_trains_with_tempered_chains_and_reports_its_samples_classes(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    """--chains and --replicas reach the trainer and the artifact; the evaluator judges the
+    samples of the artifact's own sampler (parallel tempering) by the classifier."""
+    out = tmp_path / "rbm"
+    assert main(["train", "--family", "rbm", "--dry-run", "--latent-dim", "16", "--chains", "24",
+                 "--replicas", "3", "--gibbs-steps", "4", "--out", str(out),
+                 "--checkpoint-dir", str(tmp_path / "ck"), "--threads", "1"]) == 0  # fmt: skip
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["replicas"] == 3 and config["gibbs_steps"] == 4
+    history = json.loads((out / "history.json").read_text())
+    assert 0 <= history[-1]["train"]["swap_acceptance"] <= 1
+    judge = ["--classifier", str(artifacts / "classifier-fashion")]
+    assert main(["evaluate", "--model", str(out), *SMALL, *judge, "--ood-images", "20",
+                 "--calibration-images", "20"]) == 0  # fmt: skip
+    metrics = json.loads((out / "card.json").read_text())["metrics"]
+    assert metrics["samples"] == 60
+    assert metrics["sampler"] == "parallel tempering, 3 replicas, 4 steps"
+    assert sum(metrics["class_shares"].values()) == pytest.approx(1.0)
+    assert metrics["min_class_share"] == min(metrics["class_shares"].values())

@@ -190,6 +190,18 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         help="rbm: block Gibbs steps of each generated chain (default 1000)",
     )
     g.add_argument(
+        "--chains",
+        type=positive_int,
+        help="rbm: persistent chains of the negative phase (default: the batch size); more "
+        "chains cover more of the model's modes at once",
+    )
+    g.add_argument(
+        "--replicas",
+        type=positive_int,
+        help="rbm: parallel-tempering replicas of the training chains and of each generated "
+        "chain (default 1: plain block Gibbs sampling)",
+    )
+    g.add_argument(
         "--ais-betas", type=positive_int, default=14_500,
         help="rbm: intermediate distributions of annealed importance sampling for log Z",
     )  # fmt: skip

@@ -76,6 +76,10 @@ class Recipe:
     def pretrain(self, split: Split, generator: torch.Generator) -> None:
         """Hook for families with a pretraining phase; most have none."""
 
+    def begin(self, train: Split) -> None:
+        """Hook run once before the first epoch of a fresh run (not on ``--resume``): an RBM
+        sets its visible biases to the training pixels' base rate; most families have none."""
+
     def finish(self, train: Split) -> None:
         """Hook run once after the last epoch, before the artifact is written (an RBM
         estimates its partition function here); most families have none."""

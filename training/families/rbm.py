@@ -10,14 +10,14 @@ import torch
 from tqdm import tqdm
 
 from models import LatentModel
-from models.gibbs import ais_betas, ais_log_partition
+from models.gibbs import Ladder, ais_betas, ais_log_partition, shared_uniform, tempering_betas
 from models.rbm import RBM, binarize
 
 from ..data import Dataset, Split
 from ..declaration import TrainingSpec, register_training
 from ..density import density_headline, evaluate_density
 from ..recipes import Recipe
-from ..scoring import Metrics
+from ..scoring import Metrics, load_judge
 
 
 def base_rate_bias(train: Split) -> torch.Tensor:
@@ -29,34 +29,68 @@ def base_rate_bias(train: Split) -> torch.Tensor:
 
 
 class RBMRecipe(Recipe):
-    """PCD-k: the positive phase on the data, the negative phase on persistent chains that
-    take ``--cd-steps`` Gibbs steps per update and are never reset. The gradient of
-    mean F(v_data) - mean F(v_chain) is the log-likelihood gradient's CD estimate."""
+    """PCD-k: the positive phase on the data, the negative phase on ``--chains`` persistent
+    chains (default: one per image of the batch) that take ``--cd-steps`` steps per update
+    and are never reset. The gradient of
+    mean F(v_data) - mean F(v_chain) is the log-likelihood gradient's CD estimate. With
+    ``--replicas`` R > 1 each persistent chain is a parallel-tempering ladder (gibbs.Ladder;
+    Desjardins et al. 2010) and the beta-1 replica is the negative sample: PCD-1's chains stay
+    in the modes they are in, so the model learns too little about the classes they never
+    visit (measured: Gibbs chains started at sneakers or dresses leave them within 1,000 steps)."""
 
     model: RBM
 
     def __init__(self, model: LatentModel, args: argparse.Namespace) -> None:
         super().__init__(model, args)
-        self.chains: torch.Tensor | None = None
+        self.chains: torch.Tensor | None = None  # [B, R, D]
+        self.steps = 0
+        self.replicas = int(getattr(args, "replicas", None) or 1)
+        self.start: torch.Tensor | None = None  # training images the chains begin at [N, D]
+
+    def begin(self, train: Split) -> None:
+        """Visible biases start at the base rate (Hinton, "A Practical Guide to Training
+        RBMs", 2010), which is also stored as the tempering and AIS base model."""
+        rate = base_rate_bias(train)
+        with torch.no_grad():
+            if getattr(self.args, "init_from", None) is None:  # not when fine-tuning
+                self.model.visible_bias.copy_(rate)
+            self.model.base_rate.copy_(rate)
+        count = getattr(self.args, "chains", None) or self.args.batch_size
+        pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))
+        self.start = binarize(train.images[pick[:count]].float() / 255).flatten(1)
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
         m = self.model
         v = binarize(x).flatten(1)
-        if self.chains is None or len(self.chains) != len(v):
-            self.chains = v.clone()  # start the chains at data (PCD's usual start)
+        if self.chains is None:
+            # start the chains at data (PCD's usual start), every replica alike
+            start = v if self.start is None else self.start
+            self.chains = start.unsqueeze(1).repeat(1, self.replicas, 1)
+        n = len(self.chains)
+        stats: dict[str, float] = {}
         with torch.no_grad():
             chain = self.chains
-            for _ in range(self.args.cd_steps):
-                h = torch.bernoulli(m.hidden_given(chain), generator=generator)
-                chain = torch.bernoulli(m.visible_given(h), generator=generator)
+            if self.replicas > 1:
+                ladder = Ladder(m, m.base_rate, tempering_betas(self.replicas), torch.ones(n))
+                uniform = shared_uniform(n, generator)
+                accepted = 0.0
+                for k in range(self.args.cd_steps):
+                    chain, _, share = ladder.step(chain, self.steps + k, uniform)
+                    accepted += share / self.args.cd_steps
+                stats["swap_acceptance"] = accepted
+            else:
+                for _ in range(self.args.cd_steps):
+                    h = torch.bernoulli(m.hidden_given(chain[:, 0]), generator=generator)
+                    chain = torch.bernoulli(m.visible_given(h), generator=generator).unsqueeze(1)
             self.chains = chain
-        loss = m.free_energy(v).mean() - m.free_energy(self.chains).mean()
+            self.steps += self.args.cd_steps
+        loss = m.free_energy(v).mean() - m.free_energy(self.chains[:, 0]).mean()
         self._step("model", loss)
         with torch.no_grad():
             error = (m.visible_given(m.hidden_given(v)) - v).pow(2).mean()
-        return {"free_energy_gap": loss.item(), "reconstruction_mse": error.item()}
+        return {"free_energy_gap": loss.item(), "reconstruction_mse": error.item(), **stats}
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -78,7 +112,7 @@ class RBMRecipe(Recipe):
             bar.refresh()
 
         log_z, error = ais_log_partition(
-            self.model, base_rate_bias(train), betas, self.args.ais_runs,
+            self.model, self.model.base_rate, betas, self.args.ais_runs,
             torch.Generator().manual_seed(self.args.seed), progress,
         )  # fmt: skip
         bar.close()
@@ -92,17 +126,45 @@ class RBMRecipe(Recipe):
 def evaluate_rbm(
     model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
 ) -> Metrics:
-    """The density evaluation, and the stored AIS estimate of log Z it rests on."""
+    """The density evaluation, the stored AIS estimate of log Z it rests on, and which
+    classes ``--samples`` generated images fall in by the judge (``classifier-fashion``)."""
     assert isinstance(model, RBM)
     log_z, error = (float(v) for v in model.log_partition)
-    return {
+    out: Metrics = {
         **evaluate_density(model, data, test, args),
         "ais_log_partition": log_z,
         "ais_log_partition_std_error": error,
+    }
+    if data.class_names and (getattr(args, "classifier", None) or getattr(args, "model", None)):
+        out.update(sample_class_shares(model, data, args))
+    return out
+
+
+def sample_class_shares(model: RBM, data: Dataset, args: argparse.Namespace) -> Metrics:
+    judge = load_judge(args)
+    g = torch.Generator().manual_seed(0)
+    n, batch = args.samples, 1000
+    sampler = "parallel tempering" if model.config.replicas > 1 else "block Gibbs"
+    bar = tqdm(total=n, desc=f"samples ({sampler})", leave=False, mininterval=2.0)
+    predicted = []
+    for i in range(0, n, batch):
+        images = model.sample_many(min(batch, n - i), g)
+        predicted.append(judge(images).argmax(1))
+        bar.update(len(images))
+    bar.close()
+    counts = torch.bincount(torch.cat(predicted), minlength=len(data.class_names)).float()
+    shares = counts / n
+    return {
+        "samples": n,
+        "sampler": f"{sampler}, "
+        + (f"{model.config.replicas} replicas, " if model.config.replicas > 1 else "")
+        + f"{model.config.gibbs_steps} steps",
+        "class_shares": {name: float(s) for name, s in zip(data.class_names, shares, strict=True)},
+        "min_class_share": float(shares.min()),
     }
 
 
 register_training(TrainingSpec(
     family="rbm", recipe=RBMRecipe, evaluate=evaluate_rbm, headline=density_headline,
-    lr=1e-3, floors=(),
+    lr=1e-3, floors=(("min_class_share", ">=", 0.03),),
 ))  # fmt: skip
