@@ -76,9 +76,10 @@ class Recipe:
     def pretrain(self, split: Split, generator: torch.Generator) -> None:
         """Hook for families with a pretraining phase; most have none."""
 
-    def begin(self, train: Split) -> None:
-        """Hook run once before the first epoch of a fresh run (not on ``--resume``): an RBM
-        sets its visible biases to the training pixels' base rate; most families have none."""
+    def begin(self, train: Split, resumed: bool) -> None:
+        """Hook run once before the first epoch, also on ``--resume`` (``resumed``): an RBM
+        picks its persistent chains' start and, on a fresh run, sets its visible biases to the
+        training pixels' base rate; most families have none."""
 
     def finish(self, train: Split) -> None:
         """Hook run once after the last epoch, before the artifact is written (an RBM

@@ -124,8 +124,7 @@ def _train(args: argparse.Namespace, world: World) -> Path:
         start_epoch, history, elapsed = meta["epoch"], meta["history"], meta["elapsed"]
         if world.is_main:
             tqdm.write(f"resumed from {ckpt} after epoch {start_epoch}")
-    if not (args.resume and start_epoch):
-        recipe.begin(dataset.train)
+    recipe.begin(dataset.train, resumed=bool(args.resume and start_epoch))
     recipe.forward = world.wrap(model)  # after loading: DDP starts from rank 0's weights
     if (
         not (args.resume and start_epoch)

@@ -47,14 +47,17 @@ class RBMRecipe(Recipe):
         self.replicas = int(getattr(args, "replicas", None) or 1)
         self.start: torch.Tensor | None = None  # training images the chains begin at [N, D]
 
-    def begin(self, train: Split) -> None:
+    def begin(self, train: Split, resumed: bool) -> None:
         """Visible biases start at the base rate (Hinton, "A Practical Guide to Training
-        RBMs", 2010), which is also stored as the tempering and AIS base model."""
-        rate = base_rate_bias(train)
-        with torch.no_grad():
-            if getattr(self.args, "init_from", None) is None:  # not when fine-tuning
-                self.model.visible_bias.copy_(rate)
-            self.model.base_rate.copy_(rate)
+        RBMs", 2010), which is also stored as the tempering and AIS base model; the persistent
+        chains start at ``--chains`` training images (again after ``--resume``: chains are not
+        checkpointed)."""
+        if not resumed:
+            rate = base_rate_bias(train)
+            with torch.no_grad():
+                if getattr(self.args, "init_from", None) is None:  # not when fine-tuning
+                    self.model.visible_bias.copy_(rate)
+                self.model.base_rate.copy_(rate)
         count = getattr(self.args, "chains", None) or self.args.batch_size
         pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))
         self.start = binarize(train.images[pick[:count]].float() / 255).flatten(1)
