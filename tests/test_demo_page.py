@@ -27,8 +27,12 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 pytestmark = needs("chromium")
 
 RANGE_JS = """async (selector) => {
-  const img = document.querySelector(selector);
-  if (!img || !img.src) return -1;
+  const shown = document.querySelector(selector);
+  if (!shown || !shown.src) return -1;
+  // decode a copy of what is shown now: an animated <img> (the interpolation player) may
+  // change its src meanwhile, and decode() on the live element then rejects
+  const img = new Image();
+  img.src = shown.src;
   await img.decode();
   const c = document.createElement('canvas');
   c.width = img.naturalWidth; c.height = img.naturalHeight;
