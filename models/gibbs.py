@@ -96,7 +96,17 @@ def _log_unnormalised(
 ) -> torch.Tensor:
     """log p*_beta(v) [M] (hidden units summed out), float64."""
     w, b, c = rbm.weight.double(), rbm.visible_bias.double(), rbm.hidden_bias.double()
-    return (1 - beta) * (v @ base_bias) + beta * (v @ b) + F.softplus(beta * (v @ w + c)).sum(1)
+    return _path_log_p(v, beta, 1 - beta, base_bias, w, b, c)
+
+
+def _path_log_p(
+    v: torch.Tensor, model_share: torch.Tensor | float, base_share: torch.Tensor | float,
+    base_bias: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """log of exp(base_share a.v) p*(v)^model_share on AIS's path for states v [..., D],
+    the hidden units summed out: [...]. The shares broadcast against v's leading dims."""
+    fields = model_share * (v @ w + c)
+    return ((base_share * base_bias + model_share * b) * v).sum(-1) + F.softplus(fields).sum(-1)
 
 
 def tempering_betas(replicas: int) -> torch.Tensor:
@@ -142,9 +152,9 @@ class Ladder:
 
     def log_p(self, v: torch.Tensor, replicas: torch.Tensor) -> torch.Tensor:
         """log p*_r(v) [n, P] for states v [n, P, D] under the replicas [P] (h summed out)."""
-        rbm, s, q = self.rbm, self.scale[:, replicas], self.rest[:, replicas]
-        fields = s * (v @ rbm.weight + rbm.hidden_bias)
-        return ((q * self.base + s * rbm.visible_bias) * v).sum(-1) + F.softplus(fields).sum(-1)
+        rbm = self.rbm
+        return _path_log_p(v, self.scale[:, replicas], self.rest[:, replicas], self.base,
+                           rbm.weight, rbm.visible_bias, rbm.hidden_bias)  # fmt: skip
 
     def step(
         self, v: torch.Tensor, parity: int, uniform: Uniform

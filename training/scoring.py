@@ -103,6 +103,16 @@ def frechet_metrics(
     }
 
 
+def class_share_metrics(predicted: torch.Tensor, class_names: list[str]) -> Metrics:
+    """Which classes the judge put generated images in: predicted class indices [N]."""
+    shares = torch.bincount(predicted, minlength=len(class_names)).float() / len(predicted)
+    return {
+        "samples": len(predicted),
+        "class_shares": {name: float(s) for name, s in zip(class_names, shares, strict=True)},
+        "min_class_share": float(shares.min()),
+    }
+
+
 def load_judge(args: argparse.Namespace) -> Classifier:
     path = args.classifier or args.model.parent / "classifier-fashion"
     judge = load_model(path)

@@ -13,7 +13,14 @@ from models.gan import GAN
 from ..data import Dataset
 from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
-from ..scoring import Metrics, frechet_metrics, in_batches, inversion_metrics, load_judge
+from ..scoring import (
+    Metrics,
+    class_share_metrics,
+    frechet_metrics,
+    in_batches,
+    inversion_metrics,
+    load_judge,
+)
 
 
 class GANRecipe(Recipe):
@@ -90,13 +97,10 @@ def evaluate_gan(
         [model.sample(min(500, args.samples - i), g) for i in range(0, args.samples, 500)]
     )
     predicted = in_batches(judge, samples).argmax(1)
-    shares = torch.bincount(predicted, minlength=len(data.class_names)).float() / len(samples)
     assert isinstance(model, GAN)
     return {
         **inversion_metrics(model, test, args)[1],
-        "samples": len(samples),
-        "class_shares": {name: float(s) for name, s in zip(data.class_names, shares, strict=True)},
-        "min_class_share": float(shares.min()),
+        **class_share_metrics(predicted, data.class_names),
         **frechet_metrics(judge, samples, data, test),
         "judge": str(args.classifier or "classifier-fashion"),
     }

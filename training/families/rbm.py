@@ -17,7 +17,7 @@ from ..data import Dataset, Split
 from ..declaration import TrainingSpec, register_training
 from ..density import density_headline, evaluate_density
 from ..recipes import Recipe
-from ..scoring import Metrics, load_judge
+from ..scoring import Metrics, class_share_metrics, load_judge
 
 
 def base_rate_bias(train: Split) -> torch.Tensor:
@@ -69,8 +69,8 @@ class RBMRecipe(Recipe):
         v = binarize(x).flatten(1)
         if self.chains is None:
             # start the chains at data (PCD's usual start), every replica alike
-            start = v if self.start is None else self.start
-            self.chains = start.unsqueeze(1).repeat(1, self.replicas, 1)
+            assert self.start is not None, "the trainer calls begin() before the first step"
+            self.chains = self.start.unsqueeze(1).repeat(1, self.replicas, 1)
         n = len(self.chains)
         stats: dict[str, float] = {}
         with torch.no_grad():
@@ -138,7 +138,7 @@ def evaluate_rbm(
         "ais_log_partition": log_z,
         "ais_log_partition_std_error": error,
     }
-    if data.class_names and (getattr(args, "classifier", None) or getattr(args, "model", None)):
+    if data.class_names:
         out.update(sample_class_shares(model, data, args))
     return out
 
@@ -155,15 +155,10 @@ def sample_class_shares(model: RBM, data: Dataset, args: argparse.Namespace) -> 
         predicted.append(judge(images).argmax(1))
         bar.update(len(images))
     bar.close()
-    counts = torch.bincount(torch.cat(predicted), minlength=len(data.class_names)).float()
-    shares = counts / n
+    steps = f"{model.config.replicas} replicas, " if model.config.replicas > 1 else ""
     return {
-        "samples": n,
-        "sampler": f"{sampler}, "
-        + (f"{model.config.replicas} replicas, " if model.config.replicas > 1 else "")
-        + f"{model.config.gibbs_steps} steps",
-        "class_shares": {name: float(s) for name, s in zip(data.class_names, shares, strict=True)},
-        "min_class_share": float(shares.min()),
+        **class_share_metrics(torch.cat(predicted), data.class_names),
+        "sampler": f"{sampler}, {steps}{model.config.gibbs_steps} steps",
     }
 
 
