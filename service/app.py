@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .registry import ModelRegistry
 from .reloading import ReloadSignal, follow, load_models
-from .routes import admin, health, models
+from .routes import admin, atlas, health, models
 from .state import AppState
 
 log = logging.getLogger("latentserve")
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.latentserve = state
     errors.install(app)
     app.include_router(models.router)
+    app.include_router(atlas.router)
     app.include_router(health.router)
     if settings.api_key is not None:
         app.include_router(admin.router)
@@ -110,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return RedirectResponse("/demo/")
 
     # Innermost: the operation routes skip FastAPI's per-request machinery (dispatch.py).
-    app.add_middleware(OperationDispatcher, router=models.router, fastapi_app=app)
+    app.add_middleware(OperationDispatcher, routers=[models.router, atlas.router], fastapi_app=app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -1,4 +1,5 @@
-"""A direct dispatcher for the operation routes, ``POST /v1/models/{name}/{operation}``.
+"""A direct dispatcher for the operation routes, ``POST /v1/models/{name}/{operation}``
+(and ``/atlas/decode``, ``/atlas/locate``).
 
 Why: these endpoints take only ``(name, request, state)`` and parse the body themselves
 (``parsing.py``), so FastAPI's per-request machinery (a scan of every route, two
@@ -34,15 +35,16 @@ PREFIX = "/v1/models/"
 ENDPOINT_PARAMETERS = ["name", "request", "state"]
 
 
-def operation_routes(router: APIRouter) -> dict[str, APIRoute]:
+def operation_routes(*routers: APIRouter) -> dict[str, APIRoute]:
     """operation -> its route, for every ``POST /v1/models/{name}/<operation>`` route whose
-    endpoint takes exactly (name, request, state): the ones FastAPI has nothing to solve for."""
+    endpoint takes exactly (name, request, state): the ones FastAPI has nothing to solve for.
+    An operation is one or more identifiers separated by "/" ("reconstruct", "atlas/decode")."""
     found = {}
-    for route in router.routes:
+    for route in (r for router in routers for r in router.routes):
         if not isinstance(route, APIRoute) or route.methods != {"POST"}:
             continue
-        head, _, operation = route.path.rpartition("/")
-        if head != PREFIX + "{name}" or not operation.isidentifier():
+        head, _, operation = route.path.partition(PREFIX + "{name}/")
+        if head or not all(part.isidentifier() for part in operation.split("/")):
             continue
         if list(inspect.signature(route.endpoint).parameters) == ENDPOINT_PARAMETERS:
             found[operation] = route
@@ -50,9 +52,9 @@ def operation_routes(router: APIRouter) -> dict[str, APIRoute]:
 
 
 class OperationDispatcher:
-    def __init__(self, app: ASGIApp, router: APIRouter, fastapi_app: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, routers: list[APIRouter], fastapi_app: FastAPI) -> None:
         self.app = app
-        self.routes = operation_routes(router)
+        self.routes = operation_routes(*routers)
         self.fastapi_app = fastapi_app  # its exception handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,7 +103,7 @@ class OperationDispatcher:
         if not path.startswith(PREFIX):
             return None
         name, slash, operation = path[len(PREFIX) :].partition("/")
-        route = self.routes.get(operation)  # "a/b", "op/" and unknown operations: not ours
+        route = self.routes.get(operation)  # "op/", "a//b" and unknown operations: not ours
         return (route, name) if route is not None and name and slash else None
 
     def _handler(self, exc: Exception) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 
 from models import CheckpointError, ConfigError, LatentModel, load_model
 from models.anomaly import Calibration, has_anomaly_score, read_calibration
+from models.atlas import Atlas, AtlasError, read_atlas, read_thumbnails
 from models.plugins import load_plugins
 
 log = logging.getLogger("latentserve.registry")
@@ -61,10 +62,19 @@ class LoadedModel:
     files_mtime: float
     #: scores of held-out images for anomaly percentiles (models/anomaly.py); None: no anomaly
     calibration: Calibration | None = None
+    #: the latent-space atlas (models/atlas.py) and its thumbnail sheet (PNG); None: none
+    atlas: Atlas | None = None
+    thumbnails: bytes | None = None
 
     @functools.cached_property  # asked on every request; the model never changes
     def operations(self) -> list[str]:
         return served_operations(self.model.operations, self.calibration is not None)
+
+    @functools.cached_property
+    def replies(self) -> dict[str, bytes]:
+        """Replies that never change for this loaded model, built once (the atlas's map per
+        projection); a reload makes a new LoadedModel, and so new replies."""
+        return {}
 
     @property
     def class_names(self) -> list[str]:
@@ -85,7 +95,12 @@ class LoadedModel:
             "density": dataclasses.asdict(self.model.density) if self.model.density else None,
             "metrics": self.card.get("metrics", {}),
             "dataset": self.card.get("dataset", {}).get("name"),
-        }
+            "atlas": None if self.atlas is None else {
+                "projections": self.atlas.projections,
+                "images": len(self.atlas.labels),
+                "thumbnails": self.thumbnails is not None,
+            },
+        }  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -98,6 +113,19 @@ class Staged:
 
     def fresh(self) -> list[LoadedModel]:
         return [self.models[name] for name in self.report["loaded"]]
+
+
+def _read_atlas(name: str, folder: Path, model: LatentModel) -> tuple[Atlas | None, bytes | None]:
+    """The atlas beside the weights of a model that encodes and decodes, and its thumbnails;
+    a broken file is logged and the model serves without it."""
+    if not {"encode", "decode"} <= set(model.operations):
+        return None, None
+    try:
+        atlas = read_atlas(folder, model.latent_dim)
+        return atlas, read_thumbnails(folder, atlas) if atlas is not None else None
+    except AtlasError as exc:
+        log.warning("%s: no atlas: %s", name, exc)
+        return None, None
 
 
 def _mtime(folder: Path) -> float:
@@ -226,5 +254,6 @@ class ModelRegistry:
                 calibration = read_calibration(folder)
             except ValueError as exc:  # the model still serves; only anomaly is missing
                 log.warning("%s: no anomaly scores: %s", name, exc)
+        atlas, thumbnails = _read_atlas(name, folder, model)
         card = card if isinstance(card, dict) else {}
-        return LoadedModel(name, model, card, seconds, mtime, calibration)
+        return LoadedModel(name, model, card, seconds, mtime, calibration, atlas, thumbnails)

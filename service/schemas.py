@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -92,3 +92,18 @@ class GenerateParams(Params):
 
 
 OutputFormat = Literal["json", "array", "png", "gif"]
+
+
+Projection = Literal["pca", "tsne"]
+
+
+class AtlasPointsParams(Params):
+    points: list[Annotated[list[float], Field(min_length=2, max_length=2)]] = Field(
+        ..., min_length=1, max_length=256,
+        description="points of the atlas's plane, [[x, y], ...], decoded in order",
+    )  # fmt: skip
+    projection: Projection = Field("pca", description="the plane the points are on")
+
+
+class AtlasLocateParams(ImageParams):
+    projection: Projection = Field("pca", description="the plane to place the image's code on")

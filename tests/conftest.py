@@ -37,7 +37,8 @@ API_KEY = "k" * 24
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("weights")
     for name, family in TINY_WEIGHTS.items():
-        write_tiny(root / name, family, seed=1)
+        projections = ("pca", "tsne") if name == "vae-t" else ("pca",)
+        write_tiny(root / name, family, atlas=projections, seed=1)
     return root
 
 

@@ -15,8 +15,12 @@ from models.anomaly import (
     has_anomaly_score,
     write_calibration,
 )
+from models.atlas import write_atlas
 from models.gibbs import exact_log_partition
+from models.operations import SearchBudget
 from models.rbm import RBM
+from training.atlas import fit_atlas, has_atlas
+from training.data import synthetic
 
 # every family's smallest config, from its own declaration (LatentModel.example_config)
 TINY: dict[str, dict[str, Any]] = {family: cls.example_config for family, cls in FAMILIES.items()}
@@ -37,11 +41,16 @@ def tiny_model(
     return model.eval()
 
 
-def write_tiny(folder: Path, family: str, **kwargs: Any) -> Path:
+def write_tiny(folder: Path, family: str, atlas: tuple[str, ...] = ("pca",), **kwargs: Any) -> Path:
     """Save a tiny model; a density model also gets an anomaly calibration (the scores of 32
-    seeded random images), so the service answers anomaly for it."""
+    seeded random images), so the service answers anomaly for it, and a model with a code an
+    atlas of 32 synthetic images on the ``atlas`` projections (none: no atlas)."""
     model = tiny_model(family, **kwargs)
     save_model(model, folder)
+    if atlas and has_atlas(model):
+        data = synthetic(model.image_shape, n=320, seed=3)
+        fitted, sheet = fit_atlas(model, data, 32, budget=SearchBudget(3, 1), projections=atlas)
+        write_atlas(folder, fitted, sheet)
     if has_anomaly_score(model.density):
         x = torch.rand(32, *model.image_shape, generator=torch.Generator().manual_seed(9))
         with torch.no_grad():

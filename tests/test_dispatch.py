@@ -21,11 +21,13 @@ import service.dispatch
 from service import Settings, create_app
 from service.dispatch import OperationDispatcher, operation_routes
 from service.imaging import encode_png, png_bytes
+from service.routes import atlas as atlas_routes
 from service.routes import models as model_routes
 
 from .conftest import png
 
 IMG64 = base64.b64encode(png()).decode()
+ROUTERS = (model_routes.router, atlas_routes.router)
 
 # (method, path, keyword arguments of client.request): successes and every kind of refusal
 CASES: list[tuple[str, str, dict[str, Any]]] = [
@@ -64,7 +66,14 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "/v1/models/vae-t/arithmetic?format=array",
         {"json": {"latent_a": [1, 0, 0], "latent_b": [0, 1, 0], "latent_c": [0, 0, 1]}},
     ),
+    ("POST", "/v1/models/vae-t/atlas/decode", {"json": {"points": [[0, 0], [0.1, 0]]}}),
+    ("POST", "/v1/models/vae-t/atlas/locate", {"json": {"image": IMG64, "projection": "tsne"}}),
+    ("GET", "/v1/models/vae-t/atlas?projection=tsne", {}),
     # refusals
+    ("POST", "/v1/models/vae-t/atlas/decode", {"json": {"points": [[1e6, 0]]}}),
+    ("POST", "/v1/models/pixelcnn-t/atlas/decode", {"json": {"points": [[0, 0]]}}),
+    ("POST", "/v1/models/ae-t/atlas/decode", {"json": {"points": [[0, 0]], "projection": "tsne"}}),
+    ("POST", "/v1/models/ae-t/atlas/nope", {"json": {}}),
     ("POST", "/v1/models/nope/reconstruct", {"json": {"image": IMG64}}),
     ("POST", "/v1/models/..%2F..%2Fetc/reconstruct", {"json": {"image": IMG64}}),
     ("POST", "/v1/models/ae-t/generate", {"json": {"n": 2}}),
@@ -131,11 +140,12 @@ def comparable(r: Any) -> tuple[int, dict[str, str], Any]:
 def test_every_operation_route_is_dispatched() -> None:
     spec = create_app(Settings(weights_dir=Path("/nonexistent"))).openapi()
     posted = {
-        path.rsplit("/", 1)[1]
+        path.removeprefix("/v1/models/{name}/")
         for path, ops in spec["paths"].items()
         if path.startswith("/v1/models/{name}/") and "post" in ops
     }
-    assert posted and set(operation_routes(model_routes.router)) == posted
+    assert {"reconstruct", "atlas/decode", "atlas/locate"} <= posted
+    assert set(operation_routes(*ROUTERS)) == posted
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs"), CASES, ids=[f"{m} {p}" for m, p, _ in CASES])
@@ -159,9 +169,8 @@ def test_dispatcher_answers_exactly_as_fastapi_routing(
     got, want = fast.request(method, path, **kwargs), plain.request(method, path, **kwargs)
     assert comparable(got) == comparable(want)
     assert got.status_code != 500
-    dispatched = method == "POST" and path.rsplit("/", 1)[1].split("?")[0] in operation_routes(
-        model_routes.router
-    )
+    operation = path.removeprefix("/v1/models/").partition("/")[2].split("?")[0]
+    dispatched = method == "POST" and operation in operation_routes(*ROUTERS)
     dispatched = dispatched and "%2F" not in path and "//" not in path
     assert bool(calls) == dispatched, f"dispatcher {'skipped' if dispatched else 'took'} {path}"
 

@@ -42,6 +42,9 @@ def build_parser() -> Parser:
     from .evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub.add_parser("evaluate", help="measure a model on the test split"))
+    from .atlas import add_atlas_parser
+
+    add_atlas_parser(sub.add_parser("atlas", help="fit a model's latent-space atlas"))
     from .cards import add_cards_parser
 
     add_cards_parser(sub.add_parser("cards", help="print a markdown table of the model cards"))

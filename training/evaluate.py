@@ -19,6 +19,7 @@ import torch
 from models import load_model
 
 from .argtypes import positive_int
+from .atlas import add_atlas_options, has_atlas, make_atlas
 from .data import FASHION_MNIST_DIR, load_dataset
 from .families import check_floors, training_spec
 from .scoring import Metrics, as_float
@@ -93,8 +94,12 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
         default=0,
         help="use only the first N test images (0: all); for smoke tests",
     )
+    add_atlas_options(p)
+    p.add_argument("--no-atlas", action="store_true", help="leave the latent-space atlas alone")
     p.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
-    p.add_argument("--no-write", action="store_true", help="print only; leave card.json alone")
+    p.add_argument(
+        "--no-write", action="store_true", help="print only; leave card.json and the atlas alone"
+    )
     p.set_defaults(func=run_evaluate)
 
 
@@ -138,6 +143,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     floors = check_floors(spec, metrics) if dataset == "fashion-mnist" else []
     print_table(args.model.name, metrics, floors)
     if not args.no_write:
+        if has_atlas(model) and not args.no_atlas:
+            card["atlas"] = make_atlas(args.model, model, data, args)
         card["metrics"] = metrics
         card["quality_floors"] = floors
         tmp = card_file.with_suffix(".json.tmp")
