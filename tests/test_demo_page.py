@@ -4,10 +4,12 @@ non-blank results, plain-words errors, screenshots, and the CORS rule from other
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,4 +252,146 @@ def test_the_page_runs_under_its_csp(page, servers) -> None:
     page.click("#generate")
     page.wait_for_selector("#grid[src^='data:image/png']", state="attached")
     page.wait_for_selector("#latent-image[src^='data:image/png']", state="attached")
+    assert page.problems == [], page.problems
+
+
+def canvas_point(page, map_: dict, point: list[float]) -> tuple[float, float]:
+    """Where a point of the atlas is on the screen (atlas.js's toPixel, then the CSS box)."""
+    page.locator("#atlas").scroll_into_view_if_needed()
+    box = page.locator("#atlas").bounding_box()
+    side, pad = 480, 14
+    (x0, x1), (y0, y1) = map_["bounds"]["x"], map_["bounds"]["y"]
+    px = pad + (point[0] - x0) / (x1 - x0) * (side - 2 * pad)
+    py = pad + (1 - (point[1] - y0) / (y1 - y0)) * (side - 2 * pad)
+    return box["x"] + px * box["width"] / side, box["y"] + py * box["height"] / side
+
+
+def test_the_latent_atlas(page, servers, tmp_path: Path) -> None:
+    import httpx
+
+    timings = {}
+    page.goto(servers["api"] + "/")
+    page.wait_for_selector("#model option", state="attached")
+    name = pick(page, "vae")
+    map_ = httpx.get(f"{servers['api']}/v1/models/{name}/atlas?projection=tsne").json()
+    atlas = page.locator("#atlas")
+    expect(atlas).to_have_attribute("data-projection", "tsne")
+    expect(atlas).to_have_attribute("data-points", str(map_["count"]))
+    assert map_["count"] == 2000
+    timings["load_ms"] = float(atlas.get_attribute("data-load-ms"))
+    legend = page.locator("#atlas-legend li")
+    expect(legend).to_have_count(len(set(map_["labels"])))
+    expect(page.locator("#atlas-table tr")).to_have_count(len(set(map_["labels"])))
+    expect(page.locator("#atlas-image + .empty")).to_be_visible()  # an empty state, no icon
+
+    # hover a point: its thumbnail and class
+    x, y = canvas_point(page, map_, map_["points"][0])
+    page.mouse.move(x - 3, y)
+    page.mouse.move(x, y)
+    expect(page.locator("#atlas-tooltip")).to_be_visible()
+    label = page.locator("#atlas-thumb-label").inner_text()
+    assert label.split(" · ")[0] in map_["class_names"]
+
+    # click: decode that point (twice: the second is the warm figure)
+    for k, point in enumerate((map_["points"][0], map_["points"][1])):
+        page.evaluate("document.querySelector('#atlas-image').removeAttribute('src')")
+        page.mouse.click(*canvas_point(page, map_, point))
+        not_blank(page, "#atlas-image")
+        expect(page.locator("#atlas-status")).to_contain_text("Decoded")
+        timings[f"decode_click_{k + 1}_ms"] = float(atlas.get_attribute("data-decode-ms"))
+
+    # drag: the path plays frame by frame to the end
+    page.fill("#atlas-steps", "12")
+    a, b = canvas_point(page, map_, map_["points"][2]), canvas_point(page, map_, map_["points"][3])
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move(*b, steps=6)
+    page.mouse.up()
+    expect(atlas).to_have_attribute("data-frames", "12")
+    expect(atlas).to_have_attribute("data-frame", "12")
+    not_blank(page, "#atlas-image")
+    expect(page.locator("#atlas-status")).to_contain_text("Playing 12 frames")
+    page.mouse.move(*canvas_point(page, map_, map_["points"][4]))
+    expect(page.locator("#atlas-tooltip")).to_be_visible()
+    page.locator("#atlas-section").screenshot(path=str(SHOTS / "atlas-section.png"))
+
+    # the keyboard does the same: arrows move the cross, Enter decodes, Space marks, P plays
+    atlas.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowUp")
+    expect(page.locator("#atlas-status")).to_contain_text("Cross at")
+    page.keyboard.press("Space")
+    expect(page.locator("#atlas-status")).to_contain_text("Start marked")
+    for _ in range(3):
+        page.keyboard.press("Shift+ArrowLeft")
+    page.keyboard.press("p")
+    expect(page.locator("#atlas-status")).to_contain_text("Playing 12 frames")
+    page.keyboard.press("Enter")
+    expect(page.locator("#atlas-status")).to_contain_text("Decoded")
+
+    # a legend entry hides its class
+    first = page.locator("#atlas-legend button").first
+    first.click()
+    expect(first).to_have_attribute("aria-pressed", "false")
+
+    # your image onto the map; the PCA plane too
+    buffer = io.BytesIO()
+    img = Image.new("L", (28, 28), 0)
+    img.paste(220, (3, 16, 25, 23))  # a low, wide light shape: shoe-like
+    img.save(buffer, format="PNG")
+    (tmp_path / "shoe.png").write_bytes(buffer.getvalue())
+    page.set_input_files("#upload", str(tmp_path / "shoe.png"))
+    page.select_option("#atlas-projection", "pca")
+    expect(atlas).to_have_attribute("data-projection", "pca")
+    page.click("#atlas-locate")
+    expect(page.locator("#atlas-status")).to_contain_text("Your image lands at")
+    assert atlas.get_attribute("data-located")
+    expect(page.locator("#atlas-summary")).to_contain_text("of the codes' variance")
+    shot(page, "07-atlas")
+
+    # a model with an anomaly score says its verdict beside the point
+    pick(page, "rbm")
+    expect(atlas).to_have_attribute("data-points", "2000")
+    page.click("#atlas-locate")
+    expect(page.locator("#atlas-status")).to_contain_text("Anomaly check:")
+
+    pick(page, "pixelcnn")  # no code: no atlas
+    expect(page.locator("#atlas-section")).to_be_hidden()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / "atlas-timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"atlas timings (ms): {timings}")
+    assert page.problems == [], page.problems
+
+
+def test_a_first_visit_shows_empty_states_and_only_what_applies(page, servers) -> None:
+    page.goto(servers["api"] + "/")
+    page.wait_for_selector("#model option", state="attached")
+    pick(page, "ae")
+    for img in ("#original", "#noisy", "#output", "#frame"):  # no broken-image icons
+        expect(page.locator(img)).to_be_hidden()
+        expect(page.locator(f"{img} + .empty")).to_be_visible()
+    # an autoencoder interpolates between images only: no seeds, no "two seeds"
+    expect(page.locator("#ends-seeds-label")).to_be_hidden()
+    expect(page.locator("#seed-a")).to_be_hidden()
+    expect(page.locator("#upload-b")).to_be_visible()
+    pick(page, "vae")  # a VAE does both; each choice shows its own inputs
+    expect(page.locator("#ends-seeds-label")).to_be_visible()
+    expect(page.locator("#seed-a")).to_be_visible()
+    expect(page.locator("#upload-b")).to_be_hidden()
+    page.check("#ends-images")
+    expect(page.locator("#seed-a")).to_be_hidden()
+    expect(page.locator("#upload-b")).to_be_visible()
+
+    # a slow call says why: held back here by a second, so it is slow on any machine
+    def slow(route) -> None:
+        time.sleep(1.0)
+        route.continue_()
+
+    name = pick(page, "ae")
+    page.route("**/reconstruct", slow)
+    draw(page)
+    page.click("#reconstruct")
+    expect(page.locator("#busy-reason")).to_contain_text(f"first reconstruct call to {name}")
+    not_blank(page, "#output")
+    expect(page.locator("#busy-reason")).to_be_hidden()
     assert page.problems == [], page.problems

@@ -7,13 +7,15 @@ export class ApiError extends Error {}
 let inFlight = 0;
 const listeners = new Set();
 export function onBusyChange(fn) { listeners.add(fn); }
-function setBusy(delta) { inFlight += delta; listeners.forEach((fn) => fn(inFlight > 0)); }
+// listeners learn whether anything is in flight, and which call just started or ended
+function setBusy(delta, call) { inFlight += delta; listeners.forEach((fn) => fn(inFlight > 0, call)); }
 
 export async function call(path, { json, form } = {}) {
   const init = { method: json || form ? "POST" : "GET", headers: { Accept: "application/json" } };
   if (json) { init.body = JSON.stringify(json); init.headers["Content-Type"] = "application/json"; }
   if (form) init.body = form;
-  setBusy(+1);
+  const started = { method: init.method, path };
+  setBusy(+1, started);
   try {
     let response;
     try {
@@ -28,6 +30,7 @@ export async function call(path, { json, form } = {}) {
     }
     return body;
   } finally {
-    setBusy(-1);
+    started.ended = true;
+    setBusy(-1, started);
   }
 }

@@ -1,5 +1,6 @@
 // latentserve demo: every action is one call to the public /v1 API (see api.js).
 import { ApiError, call, onBusyChange } from "./api.js";
+import { initAtlas, showAtlas } from "./atlas.js";
 
 const $ = (id) => document.getElementById(id);
 let model = null;      // the description from GET /v1/models
@@ -16,7 +17,30 @@ async function run(action) {
   clearError();
   try { await action(); } catch (err) { showError(err); }
 }
-onBusyChange((busy) => { $("busy").hidden = !busy; document.body.setAttribute("aria-busy", String(busy)); });
+// a call that takes long says why: the first call of an operation on a model prepares
+// (traces) it on the server; searches (a GAN's encode) and large batches are slow anyway
+const used = new Set();
+let slow = null;
+const operationOf = ({ method, path }) => (method === "POST" ? path.split("?")[0].replace(/^\/v1\/models\//, "") : null);
+onBusyChange((busy, started) => {
+  $("busy").hidden = !busy;
+  document.body.setAttribute("aria-busy", String(busy));
+  const op = operationOf(started);
+  if (!busy) {
+    clearTimeout(slow);
+    $("busy-reason").hidden = true;
+  }
+  if (op && started.ended) used.add(op);
+  if (!busy || !op || started.ended) return;
+  clearTimeout(slow);
+  const [name, ...rest] = op.split("/");
+  slow = setTimeout(() => {
+    $("busy-reason").textContent = used.has(op)
+      ? "still working: searches (a GAN's encode) and large batches take a while"
+      : `first ${rest.join(" ")} call to ${name}: the server is preparing it (tracing the call), a second or two; later calls are fast`;
+    $("busy-reason").hidden = false;
+  }, 500);
+});
 
 // --- drawing canvas: the single source of "your image" ---
 const canvas = $("draw");
@@ -69,15 +93,27 @@ function applyModel() {
   // sliders explore a code whose every unit is N(0, 1): the model says so (latent_prior)
   const sliders = model.latent_prior === "normal" && ops.has("decode");
   $("latent-section").hidden = !sliders;
+  // only the ends this model can interpolate between, and only that choice's inputs
   $("ends-images").disabled = !ops.has("encode");
   $("ends-seeds").disabled = !ops.has("generate");
+  $("ends-images-label").hidden = !ops.has("encode");
+  $("ends-seeds-label").hidden = !ops.has("generate");
   $(ops.has("generate") ? "ends-seeds" : "ends-images").checked = true;
+  updateEnds();
   if (sliders) buildSliders();
   // class-conditional models (cvae, cgan) list their classes: "eight sneakers" is one click
   const classes = model.conditional ? model.class_names : [];
   $("class-label").hidden = !classes.length;
   $("class").replaceChildren(new Option("any", ""), ...classes.map((c) => new Option(c, c)));
+  run(() => showAtlas(model));
 }
+function updateEnds() {
+  const images = $("ends-images").checked;
+  $("upload-b-label").hidden = !images;
+  document.querySelectorAll(".seed-end").forEach((el) => { el.hidden = images; });
+}
+$("ends-images").addEventListener("change", updateEnds);
+$("ends-seeds").addEventListener("change", updateEnds);
 $("model").addEventListener("change", () => run(async () => applyModel()));
 
 async function loadModels() {
@@ -218,4 +254,5 @@ async function decodeSliders() {
   if (dirty) { dirty = false; decodeSliders(); }
 }
 
+initAtlas({ run, imageForm });
 run(loadModels);
