@@ -42,6 +42,11 @@ def test_evaluate_writes_metrics_into_the_card(artifacts: Path, family: str) -> 
     card = json.loads((artifacts / family / "card.json").read_text())
     metrics = card["metrics"]
     assert metrics["test_images"] == 30 or family in ("gan", "cgan")
+    if family != "classifier-fashion":  # every model with a code gets its atlas
+        assert card["atlas"]["images"] == 30 and card["atlas"]["projections"] == ["pca", "tsne"]
+        assert (artifacts / family / "atlas.safetensors").is_file()
+    else:
+        assert "atlas" not in card and not (artifacts / family / "atlas.safetensors").exists()
     if family in ("ae", "dae", "sparse-ae", "vae"):
         assert 0 < metrics["psnr"] < 60 and 0 < metrics["pca_psnr"] < 60
     if family == "dae":

@@ -112,7 +112,10 @@ def make_atlas(
     """Fit and write the atlas of the model in ``folder``; a summary for the card."""
     started = time.perf_counter()
     budget = SearchBudget(args.atlas_steps, args.atlas_restarts)
-    atlas, sheet = fit_atlas(model, data, args.atlas_images, args.atlas_seed, budget)
+    images = min(args.atlas_images, len(data.test), getattr(args, "limit", 0) or len(data.test))
+    if images < args.atlas_images:
+        print(f"atlas: {images} images (the test split or --limit allows no more)")
+    atlas, sheet = fit_atlas(model, data, images, args.atlas_seed, budget)
     write_atlas(folder, atlas, sheet)
     summary = {
         "images": len(atlas.labels),
