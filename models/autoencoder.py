@@ -46,6 +46,7 @@ class AutoencoderConfig(ModelConfig):
 class Autoencoder(LatentModel):
     family = "ae"
     config_class = AutoencoderConfig
+    fits_latent_density = True
     operations = {
         "encode": Op("encode"),  # x [B, C, H, W] -> z [B, K]
         "decode": Op("decode"),  # z [B, K] -> x [B, C, H, W]

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from .latent_density import GaussianMixture
 from .operations import Density, ModelOutput, Op, check_declaration, wrap_output
 
 ImageShape = tuple[int, int, int]
@@ -110,6 +111,10 @@ class LatentModel(nn.Module):
     latent_prior: ClassVar[str | None] = None
     #: what ``log_likelihood`` computes, for a family that declares it (operations.Density)
     density: ClassVar[Density | None] = None
+    #: a deterministic autoencoder: it generates once a density is fitted to its training
+    #: codes (models/latent_density.py; Ghosh et al. 2020), attached by load_model
+    fits_latent_density: ClassVar[bool] = False
+    latent_density: GaussianMixture | None = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -162,6 +167,23 @@ class LatentModel(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         raise self._no_method("reconstruct")
 
+    def attach_latent_density(self, density: GaussianMixture) -> None:
+        """Give this model the fitted density over its codes: it then declares ``generate``
+        (decode codes drawn from the density) and seeds have codes for interpolation."""
+        if not self.fits_latent_density:
+            raise ValueError(f"{self.family} models do not take a fitted latent density")
+        if density.dim != self.latent_dim:
+            raise ValueError(
+                f"a density over {density.dim}-unit codes; the model's code has {self.latent_dim}"
+            )
+        self.latent_density = density
+        # this instance's declaration: the family's, plus generate through the fitted density
+        # (instance attributes shadow the class's; the family's own declaration is unchanged)
+        self.__dict__["operations"] = {
+            **type(self).operations, "generate": Op("decode", prepare="sample_latent")
+        }  # fmt: skip
+        self.__dict__["latent_prior"] = f"fitted gaussian mixture ({density.components} components)"
+
     def check_draw(self, n: int, labels: torch.Tensor | None) -> None:
         """The checks every ``prepare`` of an unconditional family makes: n > 0, no labels."""
         if labels is not None:
@@ -176,10 +198,13 @@ class LatentModel(nn.Module):
         temperature: float = 1.0,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draw ``n`` codes from the prior N(0, temperature^2 I): [n, latent_dim]."""
+        """Draw ``n`` codes from the prior N(0, temperature^2 I), or from the fitted latent
+        density (its components' spread scaled by ``temperature``): [n, latent_dim]."""
         if "generate" not in self.operations:
             raise self._unsupported("generate")
         self.check_draw(n, labels)
+        if self.latent_density is not None:
+            return self.latent_density.sample(n, generator, temperature)
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         return z * temperature

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .base import ConfigError, LatentModel, build_model
+from .latent_density import read_latent_density, write_latent_density
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,7 +31,8 @@ class CheckpointError(ValueError):
 
 
 def save_model(model: LatentModel, path: str | os.PathLike[str]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into the folder ``path``.
+    """Write ``config.json`` and ``model.safetensors`` into the folder ``path`` (and
+    ``latent_density.safetensors`` for an autoencoder with a fitted latent density).
 
     Both files are written to temporary names and renamed, so a crash never leaves a
     half-written file under the final name.
@@ -41,6 +43,8 @@ def save_model(model: LatentModel, path: str | os.PathLike[str]) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
     _atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    if model.latent_density is not None:  # an autoencoder that generates: its fitted density
+        write_latent_density(folder, model.latent_density)
     return folder
 
 
@@ -95,6 +99,13 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
     check_state(weights, model.state_dict(), state)
     model.load_state_dict(state, strict=True)
+    if model.fits_latent_density:
+        try:
+            density = read_latent_density(folder, model.latent_dim)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        if density is not None:
+            model.attach_latent_density(density)
     # Conv weights in channels-last layout: oneDNN's kernels for it run these small conv
     # nets about 20% faster on the CPU at batch 1 and 32-64, and the same at batch 8
     # (bench/README.md); results agree with the default layout to ~1e-6.

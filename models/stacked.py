@@ -54,6 +54,7 @@ class StackedConfig(ModelConfig):
 class StackedAutoencoder(LatentModel):
     family = "stacked-ae"
     config_class = StackedConfig
+    fits_latent_density = True
     operations = {
         "encode": Op("encode"),  # x [B, C, H, W] -> z [B, K]
         "decode": Op("decode"),  # z [B, K] -> x [B, C, H, W]

@@ -55,6 +55,7 @@ class VAE(Autoencoder):
     )
     example_config = {"latent_dim": 3, "width": 4}
     latent_prior = "normal"
+    fits_latent_density = False  # it has its own prior
     config: VAEConfig
 
     def code_features(self) -> int:

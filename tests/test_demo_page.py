@@ -144,8 +144,13 @@ def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
     expect(page.locator("#error")).to_be_hidden()
     shot(page, "01-first-view")
 
-    pick(page, "ae")
-    expect(page.locator("#generate-section")).to_be_hidden()  # an AE cannot generate
+    pick(page, "dae")  # no density fitted to its spatial code: it cannot generate
+    expect(page.locator("#generate-section")).to_be_hidden()
+    pick(page, "ae")  # generates through the Gaussian mixture fitted to its codes
+    expect(page.locator("#generate-section")).to_be_visible()
+    expect(page.locator("#latent-section")).to_be_hidden()  # its prior is not N(0, I)
+    page.click("#generate")
+    not_blank(page, "#grid")
     expect(page.locator("#reconstruct")).to_be_visible()
     draw(page)
     page.click("#reconstruct")
@@ -173,6 +178,7 @@ def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
 
     pick(page, "vae")
     page.fill("#seed", "42")
+    page.evaluate("document.querySelector('#grid').removeAttribute('src')")  # the AE's grid
     page.click("#generate")
     not_blank(page, "#grid")
     first = page.get_attribute("#grid", "src")
@@ -366,11 +372,11 @@ def test_the_latent_atlas(page, servers, tmp_path: Path) -> None:
 def test_a_first_visit_shows_empty_states_and_only_what_applies(page, servers) -> None:
     page.goto(servers["api"] + "/")
     page.wait_for_selector("#model option", state="attached")
-    pick(page, "ae")
+    pick(page, "dae")
     for img in ("#original", "#noisy", "#output", "#frame"):  # no broken-image icons
         expect(page.locator(img)).to_be_hidden()
         expect(page.locator(f"{img} + .empty")).to_be_visible()
-    # an autoencoder interpolates between images only: no seeds, no "two seeds"
+    # a model that cannot generate interpolates between images only: no seeds, no "two seeds"
     expect(page.locator("#ends-seeds-label")).to_be_hidden()
     expect(page.locator("#seed-a")).to_be_hidden()
     expect(page.locator("#upload-b")).to_be_visible()

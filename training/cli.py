@@ -45,6 +45,11 @@ def build_parser() -> Parser:
     from .atlas import add_atlas_parser
 
     add_atlas_parser(sub.add_parser("atlas", help="fit a model's latent-space atlas"))
+    from .latent_prior import add_fit_prior_parser
+
+    add_fit_prior_parser(
+        sub.add_parser("fit-prior", help="fit an autoencoder's latent density (so it generates)")
+    )
     from .cards import add_cards_parser
 
     add_cards_parser(sub.add_parser("cards", help="print a markdown table of the model cards"))
@@ -102,6 +107,9 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dry-run", action="store_true", help="3 steps of 1 epoch on synthetic data (CI smoke run)"
     )
+    from .latent_prior import add_prior_options
+
+    add_prior_options(p.add_argument_group("latent density (ae families)"))
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=10, help="passes over the training split")
     g.add_argument("--batch-size", type=positive_int, default=128, help="images per step")

@@ -22,7 +22,7 @@ from .argtypes import positive_int
 from .atlas import add_atlas_options, has_atlas, make_atlas
 from .data import FASHION_MNIST_DIR, load_dataset
 from .families import check_floors, training_spec
-from .scoring import Metrics, as_float
+from .scoring import Metrics, as_float, sample_metrics
 
 
 def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
@@ -138,6 +138,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     spec = training_spec(model.family)
     metrics = spec.evaluate(model, data, test, args)
+    generate = model.operations.get("generate")
+    if generate and generate.prepare == "sample_latent" and "frechet_distance" not in metrics:
+        # every model that decodes codes from a prior (an autoencoder's fitted one too):
+        # the samples' Frechet distance, Inception Score and class shares, judged alike
+        metrics.update(sample_metrics(model, data, test, args))
     metrics["test_images"] = len(test)
     metrics["evaluation_seconds"] = round(time.perf_counter() - started, 1)
     floors = check_floors(spec, metrics) if dataset == "fashion-mnist" else []

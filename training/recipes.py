@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from models import LatentModel
 
@@ -83,7 +84,24 @@ class Recipe:
 
     def finish(self, train: Split) -> None:
         """Hook run once after the last epoch, before the artifact is written (an RBM
-        estimates its partition function here); most families have none."""
+        estimates its partition function here). A deterministic autoencoder gets its latent
+        density fitted here (``--prior-components``), so its artifact generates."""
+        components = getattr(self.args, "prior_components", 0)
+        if self.model.fits_latent_density and components > 0:
+            from .latent_prior import fit_latent_prior
+
+            if len(train) < 2 * components:
+                tqdm.write(
+                    f"latent density: skipped, {len(train)} training images are too few for "
+                    f"{components} components (--prior-components; 0 turns it off)"
+                )
+                return
+
+            density, summary = fit_latent_prior(
+                self.model, train, components, self.args.prior_images, self.args.seed
+            )
+            self.model.attach_latent_density(density)
+            tqdm.write(f"latent density: {summary}")
 
 
 def cosine_factor(step: int, total: int, warmup: int = 100) -> float:

@@ -113,6 +113,36 @@ def class_share_metrics(predicted: torch.Tensor, class_names: list[str]) -> Metr
     }
 
 
+def inception_score(probs: torch.Tensor) -> float:
+    """The classifier Inception Score (Salimans et al. 2016) of judged samples, from the
+    judge's class probabilities [N, classes]: exp(E_x KL(p(y|x) || p(y))), between 1 (every
+    sample alike, or each one undecided) and the number of classes (confident and balanced)."""
+    p = probs.double().clamp_min(1e-12)
+    marginal = p.mean(0, keepdim=True)
+    return float((p * (p.log() - marginal.log())).sum(1).mean().exp())
+
+
+@torch.no_grad()
+def sample_metrics(
+    model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
+) -> Metrics:
+    """For a model that generates: ``--samples`` seeded samples judged by the classifier:
+    the Frechet distance on its features, the Inception Score and the class shares."""
+    judge = load_judge(args)
+    g = torch.Generator().manual_seed(0)
+    samples = torch.cat(
+        [model.sample(min(500, args.samples - i), g) for i in range(0, args.samples, 500)]
+    )
+    probs = in_batches(judge.classify, samples)
+    return {
+        **class_share_metrics(probs.argmax(1), data.class_names),
+        **frechet_metrics(judge, samples, data, test),
+        "inception_score": inception_score(probs),
+        "sampler": model.latent_prior or "the model's own",
+        "judge": str(args.classifier or "classifier-fashion"),
+    }
+
+
 def load_judge(args: argparse.Namespace) -> Classifier:
     path = args.classifier or args.model.parent / "classifier-fashion"
     judge = load_model(path)

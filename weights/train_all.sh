@@ -10,7 +10,7 @@ mkdir -p runs/logs
 declare -A RECIPE=(
   [classifier-fashion]="--family classifier --epochs 20 --latent-dim 128"
   [ae-fashion]="--family ae --latent-dim 32 --epochs 40 --batch-size 64 --lr 3e-3"
-  [dae-fashion]="--family dae --latent-dim 784 --spatial-code --epochs 32 --batch-size 64 --lr 3e-3"
+  [dae-fashion]="--family dae --latent-dim 784 --spatial-code --epochs 32 --batch-size 64 --lr 3e-3 --prior-components 0"
   [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"
   [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64"
   [cvae-fashion]="--family cvae --latent-dim 16 --epochs 12 --batch-size 64 --lr 2e-3"
@@ -23,7 +23,7 @@ declare -A RECIPE=(
 )
 # Further stages, each fine-tuning the previous stage's weights (--init-from), separated by |.
 declare -A STAGES=(
-  [dae-fashion]="--epochs 16 --lr 1e-3 --seed 1|--noise-probs 0.6,0.2,0.2 --epochs 14 --lr 5e-4 --seed 2"
+  [dae-fashion]="--epochs 16 --lr 1e-3 --seed 1 --prior-components 0|--noise-probs 0.6,0.2,0.2 --epochs 14 --lr 5e-4 --seed 2 --prior-components 0"
   [cvae-fashion]="--consistency-weight 20 --epochs 4 --lr 1e-3 --seed 1"
   [cgan-fashion]="--aux-class-weight 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1"
 )

@@ -13,14 +13,7 @@ from models.gan import GAN
 from ..data import Dataset
 from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
-from ..scoring import (
-    Metrics,
-    class_share_metrics,
-    frechet_metrics,
-    in_batches,
-    inversion_metrics,
-    load_judge,
-)
+from ..scoring import Metrics, inversion_metrics, sample_metrics
 
 
 class GANRecipe(Recipe):
@@ -91,19 +84,8 @@ class GANRecipe(Recipe):
 def evaluate_gan(
     model: LatentModel, data: Dataset, test: torch.Tensor, args: argparse.Namespace
 ) -> Metrics:
-    judge = load_judge(args)
-    g = torch.Generator().manual_seed(0)
-    samples = torch.cat(
-        [model.sample(min(500, args.samples - i), g) for i in range(0, args.samples, 500)]
-    )
-    predicted = in_batches(judge, samples).argmax(1)
     assert isinstance(model, GAN)
-    return {
-        **inversion_metrics(model, test, args)[1],
-        **class_share_metrics(predicted, data.class_names),
-        **frechet_metrics(judge, samples, data, test),
-        "judge": str(args.classifier or "classifier-fashion"),
-    }
+    return {**inversion_metrics(model, test, args)[1], **sample_metrics(model, data, test, args)}
 
 
 register_training(TrainingSpec(
