@@ -68,6 +68,9 @@ def test_evaluate_writes_metrics_into_the_card(artifacts: Path, family: str) -> 
         assert len(per_class) == 4 and all(0 <= v <= 1 for v in per_class.values())
         assert metrics["min_conditional_accuracy"] == min(per_class.values())
         assert metrics["conditional_samples_per_class"] == 15
+        for name, ratio in metrics["conditional_ratio"].items():  # over the judge on real ones
+            real = metrics["judge_accuracy_on_real"][name]
+            assert ratio is None if not real else ratio == pytest.approx(per_class[name] / real)
     if family == "classifier-fashion":
         assert 0 <= metrics["accuracy"] <= 1
     assert card["quality_floors"] == []  # floors apply to Fashion-MNIST models only

@@ -6,6 +6,8 @@ place at the end, so an interrupted run never leaves a half-written artifact beh
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -17,10 +19,10 @@ from typing import Any
 
 import torch
 
-from models import LatentModel, save_model
+from models import LatentModel, load_model, save_model
 from models.imaging import make_grid
 
-from .data import Dataset
+from .data import FASHION_MNIST_DIR, Dataset, load_dataset
 from .families import training_spec
 
 
@@ -100,3 +102,44 @@ def publish(tmp: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+@dataclasses.dataclass
+class OpenedArtifact:
+    """A trained artifact opened by a command that measures or extends it: the model, its
+    card (empty without card.json) and the data set the card names, split as in training."""
+
+    folder: Path
+    model: LatentModel
+    card: dict[str, Any]
+    data: Dataset
+
+    def write_card(self) -> None:
+        """Write the card back atomically."""
+        file = self.folder / "card.json"
+        tmp = file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.card, indent=2) + "\n")
+        os.replace(tmp, file)
+
+
+def add_artifact_arguments(p: argparse.ArgumentParser, example: str) -> None:
+    """--model, --dataset and --data-dir: what every command on an artifact takes."""
+    p.add_argument("--model", type=Path, required=True, help=f"artifact folder, e.g. {example}")
+    p.add_argument("--dataset", help="dataset spec (default: the one named in the model card)")
+    p.add_argument(
+        "--data-dir", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX folder"
+    )
+
+
+def open_artifact(args: argparse.Namespace) -> OpenedArtifact:
+    """Load --model, its card, and its data set: --dataset, else the card's, with the
+    validation split and seed the model was trained with (held out from its training)."""
+    model = load_model(args.model)
+    file = args.model / "card.json"
+    card = json.loads(file.read_text()) if file.exists() else {}
+    dataset = args.dataset or card.get("dataset", {}).get("name", "fashion-mnist")
+    shape = model.image_shape if dataset != "fashion-mnist" else None
+    val_size = card.get("dataset", {}).get("val") or 5000
+    seed = card.get("training", {}).get("seed") or 0
+    data = load_dataset(dataset, shape, args.data_dir, val_size, seed)
+    return OpenedArtifact(args.model, model, card, data)

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models import LatentModel, SearchBudget, load_model
-from models.atlas import Atlas, fit_pca, sprite, write_atlas
+from models import LatentModel, SearchBudget
+from models.atlas import NEIGHBOURS, Atlas, fit_pca, sprite, write_atlas
 
 from .argtypes import positive_int
-from .data import FASHION_MNIST_DIR, Dataset, load_dataset
+from .artifacts import add_artifact_arguments, open_artifact
+from .data import Dataset
 from .scoring import as_float
 
 THUMBNAIL_SIDE = 32  # larger images are shown downscaled on hover
@@ -113,6 +114,9 @@ def make_atlas(
     started = time.perf_counter()
     budget = SearchBudget(args.atlas_steps, args.atlas_restarts)
     images = min(args.atlas_images, len(data.test), getattr(args, "limit", 0) or len(data.test))
+    if images < NEIGHBOURS:
+        print(f"atlas: skipped, {images} test images are too few for a map (at least {NEIGHBOURS})")
+        return {"skipped": f"{images} test images"}
     if images < args.atlas_images:
         print(f"atlas: {images} images (the test split or --limit allows no more)")
     atlas, sheet = fit_atlas(model, data, images, args.atlas_seed, budget)
@@ -145,13 +149,7 @@ def add_atlas_options(p: argparse.ArgumentParser) -> None:
 
 def add_atlas_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.add_argument(
-        "--model", type=Path, required=True, help="artifact folder, e.g. weights/vae-fashion"
-    )
-    p.add_argument("--dataset", help="dataset spec (default: the one named in the model card)")
-    p.add_argument(
-        "--data-dir", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX folder"
-    )
+    add_artifact_arguments(p, "weights/vae-fashion")
     add_atlas_options(p)
     p.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
     p.set_defaults(func=run_atlas)
@@ -159,16 +157,6 @@ def add_atlas_parser(p: argparse.ArgumentParser) -> None:
 
 def run_atlas(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    card_file = args.model / "card.json"
-    card = json.loads(card_file.read_text()) if card_file.exists() else {}
-    dataset = args.dataset or card.get("dataset", {}).get("name", "fashion-mnist")
-    shape = model.image_shape if dataset != "fashion-mnist" else None
-    val_size = card.get("dataset", {}).get("val") or 5000
-    data = load_dataset(
-        dataset, shape, args.data_dir, val_size, card.get("training", {}).get("seed") or 0
-    )
-    summary = make_atlas(args.model, model, data, args)
-    if card_file.exists():
-        card["atlas"] = summary
-        card_file.write_text(json.dumps(card, indent=2) + "\n")
+    opened = open_artifact(args)
+    opened.card["atlas"] = make_atlas(args.model, opened.model, opened.data, args)
+    opened.write_card()

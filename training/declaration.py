@@ -135,8 +135,8 @@ def check_floors(spec: TrainingSpec, metrics: Metrics) -> list[dict[str, Any]]:
             bound = metrics[key] + (float(plus) if plus else 0.0)
         else:
             bound = floor
-        value = metrics[metric]
-        met = value >= bound if op == ">=" else value <= bound
+        value = metrics[metric]  # None: not measurable here (no test image of a class)
+        met = value is not None and (value >= bound if op == ">=" else value <= bound)
         results.append(
             {"metric": metric, "value": value, "floor": f"{op} {bound:.4g}", "met": bool(met)}
         )

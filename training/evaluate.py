@@ -8,32 +8,22 @@ the family's own evaluator (training/families/), which this module only runs and
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models import load_model
-
 from .argtypes import positive_int
+from .artifacts import add_artifact_arguments, open_artifact
 from .atlas import add_atlas_options, has_atlas, make_atlas
-from .data import FASHION_MNIST_DIR, load_dataset
 from .families import check_floors, training_spec
-from .scoring import Metrics, as_float, sample_metrics
+from .scoring import Metrics, as_float, judge_path, sample_metrics
 
 
 def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.add_argument(
-        "--model", type=Path, required=True, help="artifact folder, e.g. weights/vae-fashion"
-    )
-    p.add_argument("--dataset", help="dataset spec (default: the one named in the model card)")
-    p.add_argument(
-        "--data-dir", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX folder"
-    )
+    add_artifact_arguments(p, "weights/vae-fashion")
     p.add_argument(
         "--classifier",
         type=Path,
@@ -113,25 +103,23 @@ def print_table(name: str, metrics: Metrics, floors: list[dict[str, Any]]) -> No
         print(f"  {'baseline: ' + key:<46} {value['psnr']:>12.4f}")
     for key, value in metrics.get("conditional_accuracy", {}).items():
         print(f"  {'generated as ' + key + ', judged ' + key:<46} {value:>12.4f}")
+    for key, value in metrics.get("conditional_ratio", {}).items():
+        if value is not None:
+            real = metrics["judge_accuracy_on_real"][key]
+            print(f"  {'... over the judge on real ' + key + f' ({real:.3f})':<46} {value:>12.4f}")
     for key, value in metrics.get("class_shares", {}).items():
         print(f"  {'class share: ' + key:<46} {value:>12.4f}")
     for f in floors:
         print(
-            f"  floor {f['metric']} {f['floor']}: {'met' if f['met'] else 'NOT MET'} ({f['value']:.4f})"
+            f"  floor {f['metric']} {f['floor']}: {'met' if f['met'] else 'NOT MET'} "
+            f"({'unmeasured' if f['value'] is None else format(f['value'], '.4f')})"
         )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    card_file = args.model / "card.json"
-    card = json.loads(card_file.read_text()) if card_file.exists() else {}
-    dataset = args.dataset or card.get("dataset", {}).get("name", "fashion-mnist")
-    shape = model.image_shape if dataset != "fashion-mnist" else None
-    # the validation split the model was trained beside (held out from its training)
-    val_size = card.get("dataset", {}).get("val") or 5000
-    seed = card.get("training", {}).get("seed") or 0
-    data = load_dataset(dataset, shape, args.data_dir, val_size, seed)
+    opened = open_artifact(args)
+    model, card, data = opened.model, opened.card, opened.data
     test = as_float(data.test.images)
     if args.limit:
         test = test[: args.limit]
@@ -142,16 +130,17 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if generate and generate.prepare == "sample_latent" and "frechet_distance" not in metrics:
         # every model that decodes codes from a prior (an autoencoder's fitted one too):
         # the samples' Frechet distance, Inception Score and class shares, judged alike
-        metrics.update(sample_metrics(model, data, test, args))
+        if judge_path(args).is_dir():
+            metrics.update(sample_metrics(model, data, test, args))
+        else:
+            print(f"samples not judged: no classifier at {judge_path(args)} (--classifier)")
     metrics["test_images"] = len(test)
     metrics["evaluation_seconds"] = round(time.perf_counter() - started, 1)
-    floors = check_floors(spec, metrics) if dataset == "fashion-mnist" else []
+    floors = check_floors(spec, metrics) if data.name == "fashion-mnist" else []
     print_table(args.model.name, metrics, floors)
     if not args.no_write:
         if has_atlas(model) and not args.no_atlas:
             card["atlas"] = make_atlas(args.model, model, data, args)
         card["metrics"] = metrics
         card["quality_floors"] = floors
-        tmp = card_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
-        os.replace(tmp, card_file)
+        opened.write_card()

@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from models import LatentModel, load_model
+from models import LatentModel
 from models.latent_density import GaussianMixture, fit_gaussian_mixture, write_latent_density
 
 from .argtypes import non_negative_int, positive_int
-from .data import FASHION_MNIST_DIR, Split, load_dataset
+from .artifacts import add_artifact_arguments, open_artifact
+from .data import Split
 from .scoring import as_float
 
 
@@ -80,13 +80,7 @@ def add_prior_options(p: argparse.ArgumentParser) -> None:
 
 def add_fit_prior_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.add_argument(
-        "--model", type=Path, required=True, help="artifact folder, e.g. weights/ae-fashion"
-    )
-    p.add_argument("--dataset", help="dataset spec (default: the one named in the model card)")
-    p.add_argument(
-        "--data-dir", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX folder"
-    )
+    add_artifact_arguments(p, "weights/ae-fashion")
     p.add_argument("--components", type=positive_int, default=10, help="mixture components")
     p.add_argument("--images", type=positive_int, default=20_000, help="training codes to fit")
     p.add_argument("--seed", type=int, default=0, help="seeds the code sample and k-means++")
@@ -96,22 +90,16 @@ def add_fit_prior_parser(p: argparse.ArgumentParser) -> None:
 
 def run_fit_prior(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    if not model.fits_latent_density:
+    opened = open_artifact(args)
+    if not opened.model.fits_latent_density:
         raise SystemExit(
-            f"{args.model}: {model.family} models do not take a fitted latent density "
+            f"{args.model}: {opened.model.family} models do not take a fitted latent density "
             "(the ae, stacked-ae, sparse-ae and dae families do)"
         )
-    card_file = args.model / "card.json"
-    card = json.loads(card_file.read_text()) if card_file.exists() else {}
-    dataset = args.dataset or card.get("dataset", {}).get("name", "fashion-mnist")
-    shape = model.image_shape if dataset != "fashion-mnist" else None
-    val_size = card.get("dataset", {}).get("val") or 5000
-    seed = card.get("training", {}).get("seed") or 0
-    data = load_dataset(dataset, shape, args.data_dir, val_size, seed)
-    density, summary = fit_latent_prior(model, data.train, args.components, args.images, args.seed)
+    density, summary = fit_latent_prior(
+        opened.model, opened.data.train, args.components, args.images, args.seed
+    )
     write_latent_density(args.model, density)
     print(f"latent density: {json.dumps(summary)}")
-    if card_file.exists():
-        card["latent_density"] = summary
-        card_file.write_text(json.dumps(card, indent=2) + "\n")
+    opened.card["latent_density"] = summary
+    opened.write_card()

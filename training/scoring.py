@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,25 +45,40 @@ def reconstruction_metrics(model: LatentModel, data: Dataset, test: torch.Tensor
 
 @torch.no_grad()
 def conditional_accuracy(
-    model: LatentModel, judge: Classifier, per_class: int, temperature: float = 1.0
-) -> Metrics:
-    """Generate ``per_class`` images of every class; the share the judge puts in that class."""
+    model: LatentModel, judge: Classifier, per_class: int, real: tuple[torch.Tensor, torch.Tensor],
+    temperature: float = 1.0,
+) -> Metrics:  # fmt: skip
+    """Generate ``per_class`` images of every class; the share the judge puts in that class,
+    beside the judge's accuracy on the real test images of that class (``real``: images
+    [N, C, H, W], labels [N]) and their ratio: a judge stricter on one class (shirts) than on
+    another (coats) then asks of each class only what it can tell apart itself."""
     names = model.class_names
     if list(judge.config.class_names) != names:
         raise ValueError(
             f"the judge's classes {list(judge.config.class_names)} differ from {names}"
         )
+    images, labels = real
+    judged_real = in_batches(judge, images).argmax(1)
     g = torch.Generator().manual_seed(0)
-    accuracy = {}
+    accuracy: dict[str, float] = {}
+    real_accuracy: dict[str, float | None] = {}  # None: no test image of the class
+    ratio: dict[str, float | None] = {}  # None: no real accuracy to compare with
     for c, name in enumerate(names):
-        labels = torch.full((per_class,), c, dtype=torch.long)
-        codes = model.sample_latent(per_class, g, temperature, labels=labels)
+        codes = model.sample_latent(per_class, g, temperature, labels=torch.full((per_class,), c))
         predicted = in_batches(judge, in_batches(model.decode, codes)).argmax(1)
         accuracy[name] = float((predicted == c).float().mean())
+        of_class = labels == c
+        real = float((judged_real[of_class] == c).float().mean()) if of_class.any() else None
+        real_accuracy[name] = real
+        ratio[name] = accuracy[name] / real if real else None
+    known = [r for r in ratio.values() if r is not None]
     return {
         "conditional_accuracy": accuracy,
         "min_conditional_accuracy": min(accuracy.values()),
         "mean_conditional_accuracy": sum(accuracy.values()) / len(accuracy),
+        "judge_accuracy_on_real": real_accuracy,
+        "conditional_ratio": ratio,
+        "min_conditional_ratio": min(known) if known else None,
         "conditional_samples_per_class": per_class,
         "conditional_temperature": temperature,
     }
@@ -143,8 +159,13 @@ def sample_metrics(
     }
 
 
+def judge_path(args: argparse.Namespace) -> Path:
+    """The classifier that judges samples: --classifier, else classifier-fashion beside the model."""
+    return Path(args.classifier or args.model.parent / "classifier-fashion")
+
+
 def load_judge(args: argparse.Namespace) -> Classifier:
-    path = args.classifier or args.model.parent / "classifier-fashion"
+    path = judge_path(args)
     judge = load_model(path)
     if not isinstance(judge, Classifier):
         raise ValueError(f"{path} is a {judge.family} model, not a classifier")
