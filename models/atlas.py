@@ -24,6 +24,8 @@ row-major, for the hover thumbnails; the same sample gives the same file for eve
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
 import math
 import os
@@ -35,6 +37,8 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from .base import LatentModel
 
 ATLAS_FILE = "atlas.safetensors"
 THUMBNAILS_FILE = "atlas.png"
@@ -56,6 +60,11 @@ DESCRIPTIONS = {
     "pca": "PCA: the plane of the codes' first two principal components",
     "tsne": "t-SNE (scikit-learn, perplexity 30, PCA initialisation)",
 }
+
+
+def has_atlas(model: LatentModel) -> bool:
+    """Whether an atlas applies: the model has a code to map and a decoder to map back."""
+    return {"encode", "decode"} <= set(model.operations) and model.latent_dim > 0
 
 
 class AtlasError(ValueError):
@@ -110,9 +119,15 @@ class Atlas:
 
     def bounds(self, projection: str) -> tuple[tuple[float, float], tuple[float, float]]:
         """((x min, x max), (y min, y max)) of the sample's points."""
-        p = self.points[self.check(projection)]
-        lo, hi = p.min(0).values.tolist(), p.max(0).values.tolist()
-        return (lo[0], hi[0]), (lo[1], hi[1])
+        return self._bounds[self.check(projection)]
+
+    @functools.cached_property  # asked by every decode of a point; the points never change
+    def _bounds(self) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+        out = {}
+        for name, p in self.points.items():
+            lo, hi = p.min(0).values.tolist(), p.max(0).values.tolist()
+            out[name] = ((lo[0], hi[0]), (lo[1], hi[1]))
+        return out
 
     def check(self, projection: str) -> str:
         if projection not in self.points:
@@ -272,7 +287,7 @@ def read_thumbnails(folder: str | os.PathLike[str], atlas: Atlas) -> bytes | Non
     h, w = atlas.thumbnails.tile
     rows = math.ceil(len(atlas.labels) / atlas.thumbnails.columns)
     try:
-        with Image.open(file) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if img.format != "PNG" or img.width * img.height > MAX_THUMBNAIL_PIXELS:
                 raise AtlasError(f"{file}: not a PNG of at most {MAX_THUMBNAIL_PIXELS} pixels")
             if img.size != (atlas.thumbnails.columns * w, rows * h):

@@ -21,7 +21,7 @@ from typing import Any
 
 from models import CheckpointError, ConfigError, LatentModel, load_model
 from models.anomaly import Calibration, has_anomaly_score, read_calibration
-from models.atlas import Atlas, AtlasError, read_atlas, read_thumbnails
+from models.atlas import Atlas, AtlasError, has_atlas, read_atlas, read_thumbnails
 from models.plugins import load_plugins
 
 log = logging.getLogger("latentserve.registry")
@@ -118,7 +118,7 @@ class Staged:
 def _read_atlas(name: str, folder: Path, model: LatentModel) -> tuple[Atlas | None, bytes | None]:
     """The atlas beside the weights of a model that encodes and decodes, and its thumbnails;
     a broken file is logged and the model serves without it."""
-    if not {"encode", "decode"} <= set(model.operations):
+    if not has_atlas(model):
         return None, None
     try:
         atlas = read_atlas(folder, model.latent_dim)

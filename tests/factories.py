@@ -15,11 +15,11 @@ from models.anomaly import (
     has_anomaly_score,
     write_calibration,
 )
-from models.atlas import write_atlas
+from models.atlas import has_atlas, write_atlas
 from models.gibbs import exact_log_partition
 from models.operations import SearchBudget
 from models.rbm import RBM
-from training.atlas import fit_atlas, has_atlas
+from training.atlas import fit_atlas
 from training.data import synthetic
 
 # every family's smallest config, from its own declaration (LatentModel.example_config)

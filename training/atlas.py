@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from models import LatentModel, SearchBudget
-from models.atlas import NEIGHBOURS, Atlas, fit_pca, sprite, write_atlas
+from models.atlas import NEIGHBOURS, Atlas, fit_pca, has_atlas, sprite, write_atlas
 
 from .argtypes import positive_int
 from .artifacts import add_artifact_arguments, open_artifact
@@ -29,11 +29,6 @@ from .data import Dataset
 from .scoring import as_float
 
 THUMBNAIL_SIDE = 32  # larger images are shown downscaled on hover
-
-
-def has_atlas(model: LatentModel) -> bool:
-    """Whether the atlas applies: the model has a code to map and a decoder to map back."""
-    return {"encode", "decode"} <= set(model.operations) and model.latent_dim > 0
 
 
 def sample_indices(n_test: int, images: int, seed: int) -> torch.Tensor:

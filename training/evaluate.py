@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
+from models.atlas import has_atlas
+
 from .argtypes import positive_int
 from .artifacts import add_artifact_arguments, open_artifact
-from .atlas import add_atlas_options, has_atlas, make_atlas
+from .atlas import add_atlas_options, make_atlas
 from .families import check_floors, training_spec
 from .scoring import Metrics, as_float, judge_path, sample_metrics
 
