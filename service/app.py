@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .registry import ModelRegistry
 from .reloading import ReloadSignal, follow, load_models
-from .routes import admin, atlas, health, models
+from .routes import admin, atlas, health, models, v2
 from .state import AppState
 
 log = logging.getLogger("latentserve")
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(atlas.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
     if settings.api_key is not None:
         app.include_router(admin.router)
     if settings.demo_page and (STATIC / "index.html").exists():

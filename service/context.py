@@ -34,6 +34,7 @@ class RequestContext:
     client: str  # the peer address: the unit of per-client limits
     started: float = dataclasses.field(default_factory=time.monotonic)
     timeout_s: float | None = None  # from X-Request-Timeout; None: the server's default
+    timeout_from: str = "X-Request-Timeout"  # what set timeout_s, for the 504's message
     gone: bool = False  # the client disconnected
     _on_gone: list[Callable[[], Any]] = dataclasses.field(default_factory=list)
 

@@ -9,9 +9,11 @@ places it among the scores of held-out training-like images stored with the weig
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.anomaly import complexity_score
@@ -47,10 +49,9 @@ def describe(lm: LoadedModel, log_likelihood: float, samples: int | None) -> dic
     """One image's likelihood reply."""
     density = lm.model.density
     assert density is not None
-    dims = math.prod(lm.model.image_shape)
     return {
         "log_likelihood_nats": log_likelihood,
-        "bits_per_dim": -log_likelihood / (math.log(2) * dims),
+        "bits_per_dim": -log_likelihood / (math.log(2) * math.prod(lm.model.image_shape)),
         "exact": density.exact,
         "kind": density.describe(samples or 1),
         "convention": density.convention,
@@ -67,22 +68,47 @@ async def likelihood(
     return describe(lm, float(ll[0]), k)
 
 
-async def anomaly(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> dict[str, Any]:
-    """x [1, C, H, W] -> score, percentile among the calibration images, verdict. The
-    likelihood runs with the samples the calibration was made with, so the percentile
-    compares like with like."""
+def bits_per_dim(lm: LoadedModel, log_likelihood: torch.Tensor) -> torch.Tensor:
+    """log p(x) in nats [B] -> -log2 p(x) per dimension [B]."""
+    return -log_likelihood / (math.log(2) * math.prod(lm.model.image_shape))
+
+
+@dataclasses.dataclass
+class AnomalyScores:
+    """One row per image: the score, its percentile among the calibration images, the
+    verdict, and the likelihood the score came from."""
+
+    score: np.ndarray  # [B] float64
+    percentile: np.ndarray  # [B] float64
+    anomalous: np.ndarray  # [B] bool
+    log_likelihood: torch.Tensor  # [B] nats
+    samples: int | None
+
+
+async def anomaly_scores(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> AnomalyScores:
+    """x [B, C, H, W] -> each image's score, percentile and verdict. The likelihood runs with
+    the samples the calibration was made with, so the percentile compares like with like."""
     calibration, density = lm.calibration, lm.model.density
     assert calibration is not None and density is not None  # find_model checked "anomaly"
     samples = calibration.samples if density.takes_samples else None
     ll = await ops.log_likelihood(lm, x, samples)
-    score = float(complexity_score(ll, x, density.convention)[0])
-    percentile = calibration.percentile(score)
+    scores = complexity_score(ll, x, density.convention).numpy()
+    percentiles = np.array([calibration.percentile(float(s)) for s in scores])
+    return AnomalyScores(
+        scores, percentiles, percentiles > ops.settings.anomaly_percentile, ll, samples
+    )
+
+
+async def anomaly(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> dict[str, Any]:
+    """x [1, C, H, W] -> score, percentile among the calibration images, verdict."""
+    assert lm.calibration is not None  # find_model checked "anomaly"
+    found = await anomaly_scores(ops, lm, x)
     return {
-        "score": score,
-        "percentile": percentile,
-        "anomalous": percentile > ops.settings.anomaly_percentile,
+        "score": float(found.score[0]),
+        "percentile": float(found.percentile[0]),
+        "anomalous": bool(found.anomalous[0]),
         "threshold_percentile": ops.settings.anomaly_percentile,
-        "method": calibration.method,
-        "reference": calibration.reference,
-        "likelihood": describe(lm, float(ll[0]), samples),
+        "method": lm.calibration.method,
+        "reference": lm.calibration.reference,
+        "likelihood": describe(lm, float(found.log_likelihood[0]), found.samples),
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -30,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .context import CURRENT, RequestContext, from_scope
 from .deps import get_state
+from .errors import handler_for
 
 PREFIX = "/v1/models/"
 ENDPOINT_PARAMETERS = ["name", "request", "state"]
@@ -89,7 +89,7 @@ class OperationDispatcher:
                 status_code=503, headers={"Retry-After": "1", "Connection": "close"},
             )  # fmt: skip
         except Exception as exc:
-            handler = self._handler(exc)
+            handler = handler_for(self.fastapi_app, exc)
             if handler is None:
                 raise  # the app's 500 handler logs it and answers without internals
             response = await handler(request, exc)
@@ -105,13 +105,3 @@ class OperationDispatcher:
         name, slash, operation = path[len(PREFIX) :].partition("/")
         route = self.routes.get(operation)  # "op/", "a//b" and unknown operations: not ours
         return (route, name) if route is not None and name and slash else None
-
-    def _handler(self, exc: Exception) -> Any:
-        """The app's handler for this exception's class or nearest base, short of Exception."""
-        for cls in type(exc).__mro__:
-            if cls is Exception:
-                return None
-            handler = self.fastapi_app.exception_handlers.get(cls)
-            if handler is not None:
-                return handler
-        return None

@@ -4,6 +4,7 @@ its traceback and answered with a generic 500 that reveals nothing."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,4 +66,16 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
-__all__ = ["HTTPException", "install"]
+def handler_for(app: FastAPI, exc: Exception) -> Any:
+    """The app's handler for this exception's class or nearest base, short of Exception:
+    None for an unexpected error (the app's 500 handler logs it)."""
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        handler = app.exception_handlers.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
+__all__ = ["HTTPException", "handler_for", "install"]

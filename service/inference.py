@@ -269,10 +269,10 @@ class Operations:
 
     @staticmethod
     def _timed_out(ctx: RequestContext, default_s: float) -> TimedOut:
-        given = "its X-Request-Timeout" if ctx.timeout_s is not None else "the server's default"
+        given = f"its {ctx.timeout_from}" if ctx.timeout_s is not None else "the server's default"
         return TimedOut(
             f"the request's deadline of {ctx.budget_s(default_s):g} s ({given}) passed before "
-            "it finished, so its work was stopped; send a longer X-Request-Timeout or less work"
+            f"it finished, so its work was stopped; send a longer {ctx.timeout_from} or less work"
         )
 
     async def warm_up(self, models: Iterable[LoadedModel]) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -60,6 +63,26 @@ def client(weights_dir: Path) -> Iterator[TestClient]:
     )
     yield c
     c.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def live_url(weights_dir: Path) -> Iterator[str]:
+    """A real HTTP server (uvicorn, in a thread) on the tiny models: for the clients that
+    speak HTTP themselves (tritonclient, latentserve.client, generated clients)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Settings(weights_dir=weights_dir, port=port, trace_at_start=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    until(lambda: server.started, "the live server started")
+    registry = app.state.latentserve.registry
+    until(lambda: registry.loaded_once, "the live server loaded its models")
+    yield url
+    server.should_exit = True
+    thread.join(30)
 
 
 def until(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
