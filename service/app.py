@@ -24,6 +24,7 @@ from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .registry import ModelRegistry
 from .reloading import ReloadSignal, follow, load_models
 from .routes import admin, atlas, health, models, v2
+from .routes.openapi import add_schemas
 from .state import AppState
 
 log = logging.getLogger("latentserve")
@@ -95,6 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="latentserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
         docs_url="/docs", openapi_url="/openapi.json", redoc_url=None,
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
+        # operation ids are the route functions' names (reconstruct, v2_infer): what
+        # generated clients name their functions (tests/test_openapi_clients.py)
+        generate_unique_id_function=lambda route: route.name,
     )  # fmt: skip
     app.state.latentserve = state
     errors.install(app)
@@ -102,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(atlas.router)
     app.include_router(health.router)
     app.include_router(v2.router)
+    add_schemas(app, v2.SCHEMAS)
     if settings.api_key is not None:
         app.include_router(admin.router)
     if settings.demo_page and (STATIC / "index.html").exists():

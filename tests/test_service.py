@@ -548,15 +548,23 @@ def test_metrics(client: TestClient) -> None:
 
 
 def test_openapi_documents_every_operation_with_examples(client: TestClient) -> None:
+    """One content type per body (what generators digest), the other accepted shapes and a
+    JSON example in its description, a reply schema for every JSON reply."""
     spec = client.get("/openapi.json").json()
-    for op in ("encode", "decode", "reconstruct", "denoise", "interpolate", "generate", "classify"):
+    for op in ("decode", "generate"):
         post = spec["paths"][f"/v1/models/{{name}}/{op}"]["post"]
-        content = post["requestBody"]["content"]
-        assert "example" in content["application/json"], op
-    assert (
-        "multipart/form-data"
-        in spec["paths"]["/v1/models/{name}/reconstruct"]["post"]["requestBody"]["content"]
-    )
+        assert list(post["requestBody"]["content"]) == ["application/json"], op
+        assert "example" in post["requestBody"]["content"]["application/json"], op
+    for op in ("encode", "reconstruct", "denoise", "interpolate", "arithmetic", "classify"):
+        body = spec["paths"][f"/v1/models/{{name}}/{op}"]["post"]["requestBody"]
+        assert list(body["content"]) == ["multipart/form-data"], op
+        assert "image/png" in body["description"] and "JSON example" in body["description"], op
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            ok = operation["responses"]["200"]
+            schemas = [c.get("schema") for c in ok.get("content", {}).values()]
+            assert schemas and all(schemas), f"{method} {path}: a 200 without a schema"
+            assert operation["operationId"].isidentifier(), operation["operationId"]
     assert client.get("/docs").status_code == 200
 
 

@@ -8,11 +8,17 @@ from fastapi import APIRouter, Depends
 
 from ..deps import State, require_api_key
 from ..reloading import reload_models
+from ..replies import ErrorReply, ReloadReply
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_api_key)])
 
 
-@router.post("/reload", summary="Re-read the weights folder and swap models in atomically")
+@router.post(
+    "/reload",
+    summary="Re-read the weights folder and swap models in atomically",
+    response_model=None,
+    responses={200: {"model": ReloadReply}, 401: {"model": ErrorReply}},
+)
 async def reload(state: State) -> dict[str, Any]:
     """Load new and changed models beside the served ones, trace them, then swap them in; a
     model whose new files are bad keeps its old version. Requests keep being served by the

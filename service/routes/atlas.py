@@ -11,17 +11,19 @@ from fastapi.responses import Response
 from .. import atlas
 from ..deps import State
 from ..parsing import parse_request, validate
+from ..replies import AtlasDecodeReply, AtlasLocateReply, AtlasMap
 from ..schemas import AtlasLocateParams, AtlasPointsParams, Projection
 from .models import IMAGE_FORMATS, begin
-from .openapi import IMAGE_RESPONSES, TINY_PNG, body
+from .openapi import ERRORS, TINY_PNG, body, image_responses, json_responses
 
 router = APIRouter(prefix="/v1/models", tags=["atlas"])
 Name = Annotated[str, Path(examples=["vae-fashion"])]
-ERRORS = {k: v for k, v in IMAGE_RESPONSES.items() if k != 200}
 
 
 @router.get(
-    "/{name}/atlas", summary="The latent-space map of a sample of test images", responses=ERRORS
+    "/{name}/atlas",
+    summary="The latent-space map of a sample of test images",
+    responses=json_responses(AtlasMap),
 )
 async def atlas_map(
     name: Name, request: Request, state: State,
@@ -35,7 +37,8 @@ async def atlas_map(
 
 @router.get(
     "/{name}/atlas/thumbnails.png", summary="The atlas's images as one sprite sheet",
-    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    response_class=Response,
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **ERRORS},
 )  # fmt: skip
 async def atlas_thumbnails(name: Name, request: Request, state: State) -> Response:
     """Image i of the map is the tile at row i // columns, column i % columns."""
@@ -47,7 +50,7 @@ async def atlas_thumbnails(name: Name, request: Request, state: State) -> Respon
 
 
 @router.post(
-    "/{name}/atlas/decode", summary="Points of the atlas's plane -> images", responses=IMAGE_RESPONSES,
+    "/{name}/atlas/decode", summary="Points of the atlas's plane -> images", responses=image_responses(AtlasDecodeReply),
     openapi_extra=body(AtlasPointsParams, {"points": [[0.0, 0.0], [1.0, -0.5]], "projection": "pca"}),
 )  # fmt: skip
 async def atlas_decode(name: Name, request: Request, state: State) -> Response:
@@ -62,7 +65,8 @@ async def atlas_decode(name: Name, request: Request, state: State) -> Response:
 
 
 @router.post(
-    "/{name}/atlas/locate", summary="Image -> its point on the atlas", responses=ERRORS,
+    "/{name}/atlas/locate", summary="Image -> its point on the atlas", response_model=None,
+    responses=json_responses(AtlasLocateReply),
     openapi_extra=body(AtlasLocateParams, {"image": TINY_PNG, "projection": "pca"}, ("image",)),
 )  # fmt: skip
 async def atlas_locate(name: Name, request: Request, state: State) -> dict[str, Any]:

@@ -9,11 +9,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..deps import State
+from ..replies import LiveReply, ReadyReply
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health/live", summary="The process is up")
+@router.get(
+    "/health/live",
+    summary="The process is up",
+    response_model=None,
+    responses={200: {"model": LiveReply}},
+)
 @router.get("/v2/health/live", include_in_schema=False)
 async def live() -> dict[str, Any]:
     """200 while the process can answer at all."""
@@ -23,7 +29,13 @@ async def live() -> dict[str, Any]:
 @router.get(
     "/health/ready",
     summary="Every configured model is serving",
-    responses={503: {"description": "loading, or a model failed; the body says which and why"}},
+    responses={
+        200: {"model": ReadyReply},
+        503: {
+            "model": ReadyReply,
+            "description": "loading, or a model failed; the body says which and why",
+        },
+    },
 )
 @router.get("/v2/health/ready", include_in_schema=False)
 async def ready(state: State) -> JSONResponse:
@@ -42,7 +54,12 @@ async def ready(state: State) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(state: State) -> Response:
     """Requests by route/model/status, latency, batch sizes, queue depth, model load times."""
     state.metrics.queue_depth.set(state.engine.depth + state.operations.expensive.depth)

@@ -20,6 +20,20 @@ from ..inference import class_index, new_seed, parse_latents
 from ..parsing import Parsed, parse_request, validate
 from ..problems import InvalidInput
 from ..registry import LoadedModel
+from ..replies import (
+    AnomalyReply,
+    ArithmeticReply,
+    ClassifyReply,
+    DecodeReply,
+    DenoiseReply,
+    EncodeReply,
+    GenerateReply,
+    InterpolateReply,
+    LikelihoodReply,
+    ModelDescription,
+    ModelList,
+    ReconstructReply,
+)
 from ..responses import choose_format, image_reply
 from ..schemas import (
     ArithmeticParams,
@@ -31,7 +45,7 @@ from ..schemas import (
     LikelihoodParams,
 )
 from ..state import AppState
-from .openapi import IMAGE_RESPONSES, TINY_PNG, body
+from .openapi import TINY_PNG, body, image_responses, json_responses
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 IMAGE_FORMATS = ("json", "array", "png")
@@ -39,13 +53,20 @@ BIG_UPLOAD = 256 * 1024  # decode bigger uploads off the event loop
 ImageParamsT = TypeVar("ImageParamsT", bound=ImageParams)
 
 
-@router.get("", summary="List the served models")
+@router.get(
+    "", summary="List the served models", response_model=None, responses=json_responses(ModelList)
+)
 async def list_models(state: State) -> dict[str, Any]:
     """Every model that is serving, with its shape, operations and card metrics."""
     return {"models": [lm.describe() for lm in state.registry.models.values()]}
 
 
-@router.get("/{name}", summary="Describe one model")
+@router.get(
+    "/{name}",
+    summary="Describe one model",
+    response_model=None,
+    responses=json_responses(ModelDescription),
+)
 async def describe_model(
     name: Annotated[str, Path(examples=["vae-fashion"])], state: State
 ) -> dict[str, Any]:
@@ -125,7 +146,7 @@ def ms(started: float) -> float:
 
 
 @router.post(
-    "/{name}/encode", summary="Image -> latent", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    "/{name}/encode", summary="Image -> latent", response_model=None, responses=json_responses(EncodeReply),
     openapi_extra=body(ImageParams, {"image": TINY_PNG, "invert": False}, ("image",)),
 )  # fmt: skip
 async def encode(
@@ -141,7 +162,7 @@ async def encode(
 
 
 @router.post(
-    "/{name}/decode", summary="Latent(s) -> image(s)", responses=IMAGE_RESPONSES,
+    "/{name}/decode", summary="Latent(s) -> image(s)", responses=image_responses(DecodeReply),
     openapi_extra=body(DecodeParams, {"latent": [0.0] * 4}),
 )  # fmt: skip
 async def decode(
@@ -157,7 +178,7 @@ async def decode(
 
 
 @router.post(
-    "/{name}/reconstruct", summary="Image -> image through the code", responses=IMAGE_RESPONSES,
+    "/{name}/reconstruct", summary="Image -> image through the code", responses=image_responses(ReconstructReply),
     openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
 )  # fmt: skip
 async def reconstruct(
@@ -171,7 +192,7 @@ async def reconstruct(
 
 
 @router.post(
-    "/{name}/denoise", summary="Noisy image -> clean image", responses=IMAGE_RESPONSES,
+    "/{name}/denoise", summary="Noisy image -> clean image", responses=image_responses(DenoiseReply),
     openapi_extra=body(DenoiseParams, {"image": TINY_PNG, "noise": {"kind": "gaussian", "level": 0.3, "seed": 7}}, ("image",)),
 )  # fmt: skip
 async def denoise(
@@ -195,7 +216,7 @@ async def denoise(
 
 
 @router.post(
-    "/{name}/interpolate", summary="Frames between two images, latents or seeds", responses=IMAGE_RESPONSES,
+    "/{name}/interpolate", summary="Frames between two images, latents or seeds", responses=image_responses(InterpolateReply),
     openapi_extra=body(InterpolateParams, {"seed_a": 1, "seed_b": 2, "steps": 8, "method": "slerp"}, ("image", "image_b")),
 )  # fmt: skip
 async def interpolate(
@@ -218,7 +239,7 @@ async def interpolate(
 
 
 @router.post(
-    "/{name}/arithmetic", summary="Latent arithmetic: c + scale * (a - b)", responses=IMAGE_RESPONSES,
+    "/{name}/arithmetic", summary="Latent arithmetic: c + scale * (a - b)", responses=image_responses(ArithmeticReply),
     openapi_extra=body(ArithmeticParams, {"latent_a": [0.5] * 4, "latent_b": [0.0] * 4, "latent_c": [0.1] * 4}, ("image", "image_b", "image_c")),
 )  # fmt: skip
 async def arithmetic(
@@ -241,7 +262,7 @@ async def arithmetic(
 
 
 @router.post(
-    "/{name}/generate", summary="Sample new images", responses=IMAGE_RESPONSES,
+    "/{name}/generate", summary="Sample new images", responses=image_responses(GenerateReply),
     openapi_extra=body(GenerateParams, {"n": 16, "seed": 42, "temperature": 0.8}),
 )  # fmt: skip
 async def generate(
@@ -265,7 +286,7 @@ async def generate(
 
 
 @router.post(
-    "/{name}/classify", summary="Image -> class probabilities", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    "/{name}/classify", summary="Image -> class probabilities", response_model=None, responses=json_responses(ClassifyReply),
     openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
 )  # fmt: skip
 async def classify(
@@ -284,7 +305,7 @@ async def classify(
 
 
 @router.post(
-    "/{name}/likelihood", summary="Image -> log-likelihood", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    "/{name}/likelihood", summary="Image -> log-likelihood", response_model=None, responses=json_responses(LikelihoodReply),
     openapi_extra=body(LikelihoodParams, {"image": TINY_PNG}, ("image",)),
 )  # fmt: skip
 async def likelihood(
@@ -299,7 +320,7 @@ async def likelihood(
 
 
 @router.post(
-    "/{name}/anomaly", summary="Image -> anomaly score and verdict", responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    "/{name}/anomaly", summary="Image -> anomaly score and verdict", response_model=None, responses=json_responses(AnomalyReply),
     openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
 )  # fmt: skip
 async def anomaly(

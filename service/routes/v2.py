@@ -27,12 +27,22 @@ from ..oip_models import infer as run_infer
 from ..oip_models import metadata
 from ..problems import ModelNotFound, NotSupported
 from ..registry import LoadedModel
+from ..replies import (
+    V2Error,
+    V2IndexEntry,
+    V2InferReply,
+    V2InferRequest,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2ServerMetadata,
+)
 from ..state import AppState
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 VERSION = "1"
 ModelName = Annotated[str, Path(description="<model>.<operation>", examples=["vae-fashion.decode"])]
+Version = Annotated[str, Path(description='every model has version "1"', examples=["1"])]
 
 
 async def answer(request: Request, work: Callable[[], Awaitable[Response]]) -> Response:
@@ -70,15 +80,42 @@ def v2_model(state: AppState, name: str, version: str | None) -> tuple[LoadedMod
     return lm, operation
 
 
-@router.get("", summary="Server metadata")
-async def server_metadata(request: Request) -> Response:
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": V2Error, "description": "a protocol violation, named"},
+    404: {"model": V2Error, "description": "no such v2 model or version"},
+    413: {"model": V2Error, "description": "body too large"},
+    503: {"model": V2Error, "description": "loading, at capacity or shutting down"},
+    504: {"model": V2Error, "description": "parameters.timeout (or X-Request-Timeout) passed"},
+}
+# the infer body's schema and those it refers to, added to the app's components (app.py):
+# FastAPI registers only the models of typed parameters and replies
+_REQUEST = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+SCHEMAS = {**_REQUEST.pop("$defs", {}), "V2InferRequest": _REQUEST}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON tensors; or, with Inference-Header-Content-Length: N, N bytes of "
+        "this JSON followed by the binary tensors (Triton's binary tensor extension).",
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/V2InferRequest"},
+            "example": {"id": "1", "inputs": [{"name": "latent", "shape": [1, 16],
+                        "datatype": "FP32", "data": [0.0] * 16}]},
+        }},
+    }
+}  # fmt: skip
+
+
+@router.get("", summary="Server metadata", response_model=None,
+            responses={200: {"model": V2ServerMetadata}})  # fmt: skip
+async def v2_server_metadata(request: Request) -> Response:
     """Name, version and the protocol extensions served."""
     return JSONResponse({"name": "latentserve", "version": request.app.version,
                          "extensions": EXTENSIONS})  # fmt: skip
 
 
-@router.post("/repository/index", summary="Every v2 model")
-async def repository_index(state: State) -> Response:
+@router.post("/repository/index", summary="Every v2 model", response_model=None,
+             responses={200: {"model": list[V2IndexEntry]}})  # fmt: skip
+async def v2_repository_index(state: State) -> Response:
     """Each served operation of each model, as ``<model>.<operation>``, READY."""
     index = [
         {"name": f"{lm.name}.{op}", "version": VERSION, "state": "READY"}
@@ -88,14 +125,7 @@ async def repository_index(state: State) -> Response:
     return JSONResponse(index)
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata (a version)")
-async def model_metadata(
-    name: ModelName, request: Request, state: State, version: str | None = None
-) -> Response:
-    """Inputs and outputs with datatype and shape (-1: any number of rows), and the
-    parameters the operation accepts."""
-
+async def _metadata(request: Request, state: AppState, name: str, version: str | None) -> Response:
     async def work() -> Response:
         lm, operation = v2_model(state, name, version)
         return JSONResponse(metadata(lm, operation, name))
@@ -103,13 +133,7 @@ async def model_metadata(
     return await answer(request, work)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (a version)")
-async def model_ready(
-    name: ModelName, request: Request, state: State, version: str | None = None
-) -> Response:
-    """200 when the model serves the operation; 404 (or 503 while loading) otherwise."""
-
+async def _ready(request: Request, state: AppState, name: str, version: str | None) -> Response:
     async def work() -> Response:
         v2_model(state, name, version)
         return JSONResponse({"name": name, "ready": True})
@@ -117,14 +141,62 @@ async def model_ready(
     return await answer(request, work)
 
 
-@router.post("/models/{name}/infer", summary="Inference")
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (a version)")
-async def infer(
-    name: ModelName, request: Request, state: State, version: str | None = None
+@router.get("/models/{name}", summary="Model metadata", response_model=None,
+            responses={200: {"model": V2ModelMetadata}, **ERRORS})  # fmt: skip
+async def v2_model_metadata(name: ModelName, request: Request, state: State) -> Response:
+    """Inputs and outputs with datatype and shape (-1: any number of rows), and the
+    parameters the operation accepts."""
+    return await _metadata(request, state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of a version",
+            response_model=None, responses={200: {"model": V2ModelMetadata}, **ERRORS})  # fmt: skip
+async def v2_model_version_metadata(
+    name: ModelName, version: Version, request: Request, state: State
 ) -> Response:
+    return await _metadata(request, state, name, version)
+
+
+@router.get("/models/{name}/ready", summary="Model readiness", response_model=None,
+            responses={200: {"model": V2ModelReady}, **ERRORS})  # fmt: skip
+async def v2_model_ready(name: ModelName, request: Request, state: State) -> Response:
+    """200 when the model serves the operation; 404 (or 503 while loading) otherwise."""
+    return await _ready(request, state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness of a version",
+            response_model=None, responses={200: {"model": V2ModelReady}, **ERRORS})  # fmt: skip
+async def v2_model_version_ready(
+    name: ModelName, version: Version, request: Request, state: State
+) -> Response:
+    return await _ready(request, state, name, version)
+
+
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": V2InferReply, "description": "JSON; or, with binary outputs asked for, "
+          "application/octet-stream: Inference-Header-Content-Length bytes of JSON, then the tensors"},
+    **ERRORS,
+}  # fmt: skip
+
+
+@router.post("/models/{name}/infer", summary="Inference", response_model=None,
+             responses=INFER_RESPONSES, openapi_extra=INFER_BODY)  # fmt: skip
+async def v2_infer(name: ModelName, request: Request, state: State) -> Response:
     """JSON tensors, or Triton's binary tensor extension (``Inference-Header-Content-Length``)
     in either direction. The body is read as bytes whatever its Content-Type (Triton's
     client sends none). ``parameters.timeout`` (microseconds) is the request's deadline."""
+    return await _infer(request, state, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version",
+             response_model=None, responses=INFER_RESPONSES, openapi_extra=INFER_BODY)  # fmt: skip
+async def v2_version_infer(
+    name: ModelName, version: Version, request: Request, state: State
+) -> Response:
+    return await _infer(request, state, name, version)
+
+
+async def _infer(request: Request, state: AppState, name: str, version: str | None) -> Response:
     ctx: RequestContext | None = None
 
     async def work() -> Response:
