@@ -13,6 +13,7 @@ COPY requirements/runtime.lock /src/requirements/runtime.lock
 COPY pyproject.toml README.md /src/
 COPY models /src/models
 COPY service /src/service
+COPY latentserve /src/latentserve
 RUN sh /src/deploy/install.sh /opt/venv /src
 
 # --- runtime: the venv, the weights, a non-root user ---

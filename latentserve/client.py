@@ -203,6 +203,29 @@ class Anomaly:
 
 
 @dataclasses.dataclass
+class AtlasMap:
+    """Where sampled test images live in the model's code, on a 2-D plane: ``points`` [N, 2],
+    ``labels`` [N] (indices into ``class_names``), ``bounds`` {"x": [lo, hi], "y": [lo, hi]}."""
+
+    projection: str
+    points: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    bounds: dict[str, list[float]]
+    raw: dict[str, Any]  # the whole reply (inverse, source, thumbnails, ...)
+
+
+@dataclasses.dataclass
+class AtlasLocation:
+    """An image's point on the atlas, its code, and its nearest neighbours' classes."""
+
+    point: np.ndarray
+    latent: np.ndarray
+    neighbour_classes: dict[str, int]
+    meta: dict[str, Any]
+
+
+@dataclasses.dataclass
 class ModelInfo:
     name: str
     family: str
@@ -442,6 +465,35 @@ class Calls:
         return Call("POST", _op(model, "anomaly"), parse, **_form({"image": image}, {}))
 
 
+def _atlas_map(r: httpx.Response) -> AtlasMap:
+    b = r.json()
+    return AtlasMap(b["projection"], np.asarray(b["points"], np.float32), np.asarray(b["labels"]),
+                    b["class_names"], b["bounds"], b)  # fmt: skip
+
+
+def _atlas_location(r: httpx.Response) -> AtlasLocation:
+    b = r.json()
+    return AtlasLocation(np.asarray(b["point"], np.float32), np.asarray(b["latent"], np.float32),
+                         b["neighbour_classes"], _meta(b, "point", "latent", "neighbour_classes"))  # fmt: skip
+
+
+class AtlasCalls:
+    @staticmethod
+    def atlas(model: str, projection: str = "pca") -> Call[AtlasMap]:
+        return Call("GET", _op(model, "atlas"), _atlas_map, {"projection": projection})
+
+    @staticmethod
+    def atlas_decode(model: str, points: Any, projection: str = "pca") -> Call[Images]:
+        xy = np.asarray(points, dtype=np.float64).reshape(-1, 2).tolist()
+        return Call("POST", _op(model, "atlas/decode"), _images("images"), {"format": "array"},
+                    json={"points": xy, "projection": projection})  # fmt: skip
+
+    @staticmethod
+    def atlas_locate(model: str, image: ImageInput, projection: str = "pca") -> Call[AtlasLocation]:
+        return Call("POST", _op(model, "atlas/locate"), _atlas_location,
+                    **_form({"image": image}, {"projection": projection}))  # fmt: skip
+
+
 class _Base:
     def __init__(
         self, base_url: str, timeout: float, retries: int, max_retry_wait_s: float,
@@ -567,6 +619,17 @@ class Client(_Base):
     def anomaly(self, model: str, image: ImageInput) -> Anomaly:
         return self.run(Calls.anomaly(model, image))
 
+    def atlas(self, model: str, projection: str = "pca") -> AtlasMap:
+        """The latent-space map (``pca`` or ``tsne``) of a sample of test images."""
+        return self.run(AtlasCalls.atlas(model, projection))
+
+    def atlas_decode(self, model: str, points: Any, projection: str = "pca") -> Images:
+        """Points of the atlas's plane [[x, y], ...] -> one image each."""
+        return self.run(AtlasCalls.atlas_decode(model, points, projection))
+
+    def atlas_locate(self, model: str, image: ImageInput, projection: str = "pca") -> AtlasLocation:  # fmt: skip
+        return self.run(AtlasCalls.atlas_locate(model, image, projection))
+
 
 class AsyncClient(_Base):
     """The asyncio client: the same methods as ``Client``, awaited."""
@@ -656,6 +719,15 @@ class AsyncClient(_Base):
 
     async def anomaly(self, model: str, image: ImageInput) -> Anomaly:
         return await self.run(Calls.anomaly(model, image))
+
+    async def atlas(self, model: str, projection: str = "pca") -> AtlasMap:
+        return await self.run(AtlasCalls.atlas(model, projection))
+
+    async def atlas_decode(self, model: str, points: Any, projection: str = "pca") -> Images:
+        return await self.run(AtlasCalls.atlas_decode(model, points, projection))
+
+    async def atlas_locate(self, model: str, image: ImageInput, projection: str = "pca") -> AtlasLocation:  # fmt: skip
+        return await self.run(AtlasCalls.atlas_locate(model, image, projection))
 
 
 # --- the command line ------------------------------------------------------------------------

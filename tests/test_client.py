@@ -37,6 +37,9 @@ def calls(anomaly_model: str) -> list[tuple[str, tuple[Any, ...], dict[str, Any]
         ("classify", ("classifier-t", IMAGE), {}),
         ("likelihood", ("vae-t", IMAGE), {"samples": 2}),
         ("anomaly", (anomaly_model, IMAGE), {}),
+        ("atlas", ("vae-t",), {"projection": "tsne"}),
+        ("atlas_decode", ("vae-t", [[0.0, 0.0], [0.0, 0.0]]), {}),
+        ("atlas_locate", ("vae-t", IMAGE), {}),
     ]
 
 
@@ -62,6 +65,10 @@ def check(method: str, result: Any) -> None:
         assert abs(sum(result.probabilities.values()) - 1) < 1e-4
     elif method == "likelihood":
         assert result.samples == 2 and result.log_likelihood_nats < 0 and result.bits_per_dim > 0
+    elif method == "atlas":
+        assert result.projection == "tsne" and result.points.shape == (len(result.labels), 2)
+    elif method == "atlas_locate":
+        assert result.point.shape == (2,) and sum(result.neighbour_classes.values()) == 8
     elif method == "anomaly":
         assert 0 <= result.percentile <= 100 and isinstance(result.anomalous, bool)
         assert result.likelihood.kind
@@ -69,7 +76,9 @@ def check(method: str, result: Any) -> None:
         assert isinstance(result, lc.Images)
         assert result.array.dtype == np.float32 and result.array.shape[1:] == (1, 28, 28)
         assert 0 <= result.array.min() and result.array.max() <= 1  # noqa: SIM300
-        expected_rows = {"decode": 2, "generate": 3, "interpolate": 4}.get(method, 1)
+        expected_rows = {"decode": 2, "generate": 3, "interpolate": 4, "atlas_decode": 2}.get(
+            method, 1
+        )
         assert len(result) == expected_rows and len(result.pil()) == expected_rows
         if method == "denoise":
             assert result.extra["input"].shape == (1, 1, 28, 28) and result.meta["noise_seed"] == 3

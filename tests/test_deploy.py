@@ -159,6 +159,8 @@ def test_image_steps_start_the_service_as_non_root_on_read_only_weights(
     )
     names = {p["name"].lower() for p in json.loads(installed.stdout)}
     assert "torch" in names and not names & {"pytest", "ruff", "mypy", "matplotlib", "scikit-image"}
+    cli = subprocess.run([image_venv / "bin/latentserve", "--help"], capture_output=True, text=True)
+    assert cli.returncode == 0 and "generate" in cli.stdout  # the client ships in the image
     weights = tmp_path / "weights"
     if any((ROOT / "weights").glob("*/model.safetensors")):
         shutil.copytree(ROOT / "weights", weights, ignore=shutil.ignore_patterns("*.sh"))
