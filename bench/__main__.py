@@ -315,13 +315,49 @@ def main() -> int:
                     info["hello_ceiling"] = wrk(
                         ready, files["empty"], 64, args.seconds, method="GET"
                     )
+                    echo_url = url.replace("/reconstruct", "/echo")
+                    wrk(echo_url, files["json"], 64, args.warmup)
+                    info["echo_floor"] = wrk(echo_url, files["json"], 64, args.seconds)
             info.pop("rss")
             results["runs"][key] = {"workers": workers, "points": points, **info}
             print(
                 f"{key:16} cold start {info['cold_start_s']:.2f} s, memory (PSS) {info['rss_mb']:.0f} MB, SIGTERM: {info['sigterm']}"
             )
+    if "latentserve" in args.servers:
+        results["onnx_user_model"] = onnx_point(tmp, files, args)
+    results["engines"] = engine_costs(("ae-fashion", args.generate_model))
     write_reports(results)
     return 0
+
+
+def onnx_point(tmp: Path, files: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+    """ae-fashion exported as a user's ONNX model (python -m training export), served alone:
+    the same reconstruct point at 64 clients, best of 1 and 2 workers."""
+    weights = tmp / "onnx-weights"
+    subprocess.run([sys.executable, "-m", "training", "export", "--format", "onnx",
+                    "--model", str(ROOT / "weights/ae-fashion"), "--out", str(weights / "ae-onnx")],
+                   check=True, cwd=ROOT)  # fmt: skip
+    found: dict[str, Any] = {}
+    for workers in args.workers:
+        port = free_port()
+        cmd, env, ready, url = configs(port, workers)["latentserve"]
+        env = {**env, "LATENTSERVE_WEIGHTS_DIR": str(weights)}
+        with server(cmd, env, ready) as info:
+            wrk(url.replace("ae-fashion", "ae-onnx"), files["json"], 64, args.warmup)
+            point = wrk(url.replace("ae-fashion", "ae-onnx"), files["json"], 64, args.seconds)
+        print(f"ae-onnx {workers}w       c=64   {point['rps']:8.0f} req/s  p99 {point['p99_ms']:7.1f} ms  errors {point['errors']}", flush=True)  # fmt: skip
+        if not found or point["rps"] > found["rps"]:
+            found = {**point, "workers": workers, "rss_mb": info["rss_mb"]}
+    return found
+
+
+def engine_costs(names: tuple[str, ...]) -> str:
+    """The forward cost per image of each engine (bench/engines.py), as its markdown table."""
+    from .engines import OUT
+    from .engines import main as engines_main
+
+    engines_main(["--seconds", "0.5", "--models", *names])
+    return OUT.read_text()
 
 
 def best(results: dict[str, Any], name: str, c: int) -> tuple[str, dict[str, Any]] | None:
@@ -366,6 +402,19 @@ def write_reports(results: dict[str, Any]) -> None:
             extra.append(
                 f"  - load generator ceiling (wrk, 64 clients, hello-world route): {run['hello_ceiling']['rps']:.0f} req/s"
             )
+    floors = [r["echo_floor"]["rps"] for r in results["runs"].values() if "echo_floor" in r]
+    ours = best(results, "latentserve", 64)
+    if floors and ours:
+        extra.append(f"- echo floor (FastAPI parsing the same JSON body and echoing it, 64 clients, best of "
+                     f"1/2 workers): {max(floors):.0f} req/s; latentserve's reconstruct is "
+                     f"{ours[1]['rps'] / max(floors):.0%} of it")  # fmt: skip
+    onnx = results.get("onnx_user_model")
+    if onnx:
+        extra.append(f"- a user's ONNX model (ae-fashion exported by `python -m training export`), reconstruct, "
+                     f"64 clients, {onnx['workers']} workers: {onnx['rps']:.0f} req/s, p99 {onnx['p99_ms']:.1f} ms, "
+                     f"errors {onnx['errors']}")  # fmt: skip
+    if results.get("engines"):
+        extra += ["", results["engines"].replace("# Forward cost", "### Forward cost")]
     text = "\n".join([*lines, "", *extra]) + "\n"
     (RESULTS / "latest.md").write_text(text)
     print("\n" + text)

@@ -3,6 +3,7 @@
 ``config.json`` holds ``{"format": 1, "family": ..., "config": {...}}``; the config
 rebuilds the module, and the safetensors file must then hold exactly its tensors, with
 exactly its shapes and dtypes. Every failure raises ``CheckpointError`` naming the file.
+A user's ONNX model (family ``onnx``) is a manifest and graphs instead: models/onnx_model.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from .base import ConfigError, LatentModel, build_model
 from .latent_density import read_latent_density, write_latent_density
+from .onnx_model import FAMILY as ONNX_FAMILY
+from .onnx_model import GraphError, load_onnx_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -81,11 +84,19 @@ def read_config(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     return str(data["family"]), data["config"]
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LatentModel:
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", threads: int = 1
+) -> LatentModel:
     """Rebuild the model saved in folder ``path``, load its weights, return it in eval mode
-    with its conv weights in channels-last layout."""
+    with its conv weights in channels-last layout. A folder whose family is ``onnx`` holds
+    a user's ONNX graphs instead (models/onnx_model.py), opened with ``threads`` threads."""
     folder = Path(path)
     family, config = read_config(folder)
+    if family == ONNX_FAMILY:
+        try:
+            return load_onnx_model(folder, config, threads)
+        except GraphError as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         model = build_model(family, config)
     except ConfigError as exc:

@@ -21,6 +21,7 @@ from .dispatch import OperationDispatcher
 from .inference import Operations
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from .onnx_engine import providers_for
 from .registry import ModelRegistry
 from .reloading import ReloadSignal, follow, load_models
 from .routes import admin, atlas, health, models, v2
@@ -37,10 +38,15 @@ bodies; results come back as JSON with PNG data URLs, raw arrays, PNG or GIF."""
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if settings.device == "cuda" and "CUDAExecutionProvider" not in providers_for("cuda"):
+        raise RuntimeError(
+            "LATENTSERVE_DEVICE=cuda, but ONNX Runtime has no CUDA provider here (install "
+            "onnxruntime-gpu on a machine with a GPU), or use auto or cpu"
+        )
     protocol.configure(settings.client_timeout_s, settings.max_connections_per_client,
                        settings.forwarded_allow_ips)  # fmt: skip
     metrics = Metrics()
-    registry = ModelRegistry(settings.weights_dir, settings.models)
+    registry = ModelRegistry(settings.weights_dir, settings.models, settings.torch_threads)
     engine = BatchEngine(
         settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
         settings.torch_threads, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop,

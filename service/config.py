@@ -7,7 +7,7 @@ Every field below is documented in the README's settings table. Lists accept JSO
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -102,13 +102,20 @@ class Settings(BaseSettings):
     expensive_timeout_s: float = Field(
         120.0, gt=0, le=3600, description="default deadline of an expensive request"
     )
-    torchscript: bool = Field(
-        True, description="run model calls as TorchScript traces checked against eager ones"
+    engine: Literal["auto", "onnxruntime", "torchscript", "torch"] = Field(
+        "auto",
+        description="what runs model calls (engines.py): auto = ONNX Runtime where its outputs "
+        "match the eager call, else a TorchScript trace where it matches, else eager PyTorch; "
+        "onnxruntime (the same order), torchscript (a trace or eager), torch (eager)",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where ONNX Runtime runs: cuda needs its CUDA provider; auto uses it "
+        "when present, else the CPU",
+    )  # fmt: skip
     trace_at_start: bool = Field(
         False,
-        description="trace every call of every model right after loading, so no request waits "
-        "for a trace (each worker: ~2 s and ~90 MB for the 9 shipped models)",
+        description="compile (export or trace) every call of every model right after loading, "
+        "so no request waits for it",
     )
     png_compress_level: int = Field(
         0, ge=0, le=3, description="ISA-L deflate level of PNG replies (0 fastest, 3 smallest)"

@@ -38,9 +38,9 @@ from .batching import (
 )
 from .config import Settings
 from .context import CURRENT, RequestContext
+from .engines import EngineCall
 from .problems import InvalidInput, NotSupported, TimedOut, TooManyRequests
 from .registry import LoadedModel
-from .tracing import TracedCall
 
 log = logging.getLogger("latentserve.inference")
 CallKey = tuple[str, bool, tuple[tuple[str, int], ...]]  # operation, pixels, options
@@ -171,24 +171,26 @@ class Operations:
             1, "expensive-replies", initializer=lower_priority,
             initargs=(settings.expensive_lane_nice, "the reply encoder"),
         )  # fmt: skip
-        # each served model's calls and method traces (tracing.py), made on first use; a
+        # each served model's calls and compiled methods (engines.py), made on first use; a
         # reload makes a new LoadedModel, and the old one's go with it
         self._calls: weakref.WeakKeyDictionary[LoadedModel, dict[CallKey, ModelCall]] = (
             weakref.WeakKeyDictionary()
         )  # fmt: skip
-        self._traces: weakref.WeakKeyDictionary[LoadedModel, dict[str, TracedCall]] = (
+        self._traces: weakref.WeakKeyDictionary[LoadedModel, dict[str, EngineCall]] = (
             weakref.WeakKeyDictionary()
         )
 
-    def traced(self, lm: LoadedModel, method: str) -> TracedCall:
-        """``lm.model.<method>`` for the inference thread: a checked trace once it is made.
-        One per method, whichever operations and output forms use it."""
+    def compiled(self, lm: LoadedModel, method: str) -> EngineCall:
+        """``lm.model.<method>`` for the inference thread: compiled by the setting's engine
+        once it has been checked (engines.py). One per method, whichever operations and
+        output forms use it."""
         traces = self._traces.get(lm)
         if traces is None:
             traces = self._traces[lm] = {}
         if method not in traces:
-            traces[method] = TracedCall(
-                lm.model, method, f"{lm.name}.{method}", self.settings.torchscript
+            s = self.settings
+            traces[method] = EngineCall(
+                lm.model, method, f"{lm.name}.{method}", s.engine, s.torch_threads, s.device
             )
         return traces[method]
 
@@ -215,7 +217,7 @@ class Operations:
         elif options or not op.traceable:  # with arguments: as it is (a trace has none)
             fn = partial(getattr(lm.model, op.method), **options)
         else:
-            fn = self.traced(lm, op.method)
+            fn = self.compiled(lm, op.method)
         if pixels:
             fn = partial(_as_pixels, fn)
         calls[key] = ModelCall(lm, operation, op.method, pixels, fn, op.search, key[2])
@@ -282,7 +284,7 @@ class Operations:
         (``call``), read from the declaration. Returns how many calls are now traced. The
         batches queue like requests: traffic that arrives meanwhile waits behind at most
         one of them."""
-        if not self.settings.torchscript:
+        if self.settings.engine == "torch":
             return 0
         traced: set[tuple[str, str]] = set()
         g = torch.Generator().manual_seed(0)
@@ -301,7 +303,7 @@ class Operations:
                     await self.engine.run(self.call(lm, operation), x)
                 except Exception as exc:  # the model's requests will say it; keep warming
                     log.warning("warming up %s.%s failed: %s", lm.name, op.method, exc)
-                if self.traced(lm, op.method).state == "traced":
+                if self.compiled(lm, op.method).state not in ("pending", "eager"):
                     traced.add((lm.name, op.method))
         return len(traced)
 

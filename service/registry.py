@@ -133,8 +133,9 @@ def _mtime(folder: Path) -> float:
 
 
 class ModelRegistry:
-    def __init__(self, weights_dir: Path, names: list[str]) -> None:
+    def __init__(self, weights_dir: Path, names: list[str], threads: int = 1) -> None:
         self.weights_dir = weights_dir
+        self.threads = threads  # ONNX Runtime sessions of users' ONNX models
         self.configured = list(names)
         self._models: dict[str, LoadedModel] = {}
         self._failed: dict[str, str] = {}
@@ -234,7 +235,7 @@ class ModelRegistry:
         if old is not None and old.files_mtime == mtime:
             return old
         started = time.perf_counter()
-        model = load_model(folder)
+        model = load_model(folder, threads=self.threads)
         card_file = folder / "card.json"
         try:
             card = json.loads(card_file.read_text()) if card_file.exists() else {}

@@ -36,7 +36,7 @@ async def reload_models(state: AppState) -> dict[str, Any]:
     No request waits on a load or a trace."""
     staged = await asyncio.to_thread(state.registry.stage)
     try:
-        if state.settings.torchscript and staged.fresh():
+        if state.settings.engine != "torch" and staged.fresh():
             await state.operations.warm_up(staged.fresh())
     finally:
         state.registry.commit(staged)

@@ -1,4 +1,6 @@
-"""Traced model calls give the eager results, and anything untraceable stays eager."""
+"""The engines (ONNX Runtime, TorchScript traces) give the eager results within their
+tolerance for every served call of every family, anything they cannot take stays on the next
+engine or eager, and LATENTSERVE_ENGINE picks the order."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models import FAMILIES
+from models import FAMILIES, load_model
 from models.operations import INPUTS
 from service.config import Settings
-from service.tracing import TracedCall
+from service.engines import TOLERANCE, EngineCall
 
 from .conftest import start
 from .factories import tiny_model
@@ -42,47 +44,64 @@ def outputs(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
     return value if isinstance(value, tuple) else (value,)
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "torchscript"])
 @pytest.mark.parametrize(("family", "operation"), CASES)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_every_served_call_traces_and_matches_eager(
-    family: str, operation: str, shape: tuple[int, int, int]
+def test_every_served_call_compiles_and_matches_eager(
+    family: str, operation: str, shape: tuple[int, int, int], engine: str
 ) -> None:
     model = tiny_model(family, image_shape=shape, seed=3)
     method = model.operations[operation].method
     torch.manual_seed(0)
-    call = TracedCall(model, method, f"{family}.{method}")
+    call = EngineCall(model, method, f"{family}.{method}", engine)
     with torch.inference_mode():
         first = example_input(model, operation)
         call(first)
-        assert call.state == "traced"
-        for n in (4, 1, 7):  # the traced batch size and others
+        assert call.state == engine, call.failures
+        for n in (4, 1, 7):  # the compiled batch size and others
             x = torch.cat([first] * 2)[:n]
             for got, expected in zip(outputs(call(x)), outputs(call.eager(x)), strict=True):
-                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+                tol = TOLERANCE[engine]
+                torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
 def test_an_untraceable_call_stays_eager_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     model = tiny_model("ae")
     model.scaled = lambda x: x * float(x.mean())  # type: ignore[attr-defined]  # a Python float
-    call = TracedCall(model, "scaled", "ae.scaled")
+    call = EngineCall(model, "scaled", "ae.scaled", "auto")
     x, y = torch.ones(2, 3), torch.full((2, 3), 2.0)
-    with caplog.at_level(logging.WARNING, "latentserve.tracing"), torch.inference_mode():
+    with caplog.at_level(logging.WARNING, "latentserve.engines"), torch.inference_mode():
         assert torch.equal(call(x), x)
-        assert torch.equal(call(y), y * 2)  # a trace would have fixed the factor at 1
-    assert call.state == "eager"
+        assert torch.equal(call(y), y * 2)  # a trace or a graph would have fixed the factor at 1
+    assert call.state == "eager" and set(call.failures) == {"onnxruntime", "torchscript"}
     assert "ae.scaled stays eager" in caplog.text
 
 
-def test_disabled_tracing_and_other_shapes_run_eagerly() -> None:
+@pytest.mark.parametrize(
+    ("engine", "state"),
+    [("torch", "eager"), ("torchscript", "torchscript"), ("onnxruntime", "onnxruntime"), ("auto", "onnxruntime")],
+)  # fmt: skip
+def test_the_engine_setting_and_other_shapes(engine: str, state: str) -> None:
     model = tiny_model("ae")
-    off = TracedCall(model, "reconstruct", "ae.reconstruct", enabled=False)
-    on = TracedCall(model, "reconstruct", "ae.reconstruct")
+    call = EngineCall(model, "reconstruct", "ae.reconstruct", engine)
     with torch.inference_mode():
-        off(torch.rand(2, 1, 28, 28))
-        on(torch.rand(2, 1, 28, 28))
-        assert (off.state, on.state) == ("eager", "traced")
+        call(torch.rand(2, 1, 28, 28))
+        assert call.state == state
         with pytest.raises(ValueError, match=r"expected images of shape \[B, 1, 28, 28\]"):
-            on(torch.rand(2, 1, 32, 32))  # the model's own check, not the trace's error
+            call(torch.rand(2, 1, 32, 32))  # the model's own check, not the engine's error
+
+
+def test_onnx_that_fails_falls_back_to_a_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.engines
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("exporter said no")
+
+    monkeypatch.setattr(service.engines, "onnx_call", broken)
+    call = EngineCall(tiny_model("ae"), "reconstruct", "ae.reconstruct", "auto")
+    with torch.inference_mode():
+        call(torch.rand(2, 1, 28, 28))
+    assert call.state == "torchscript" and "exporter said no" in call.failures["onnxruntime"]
 
 
 def test_the_service_serves_through_traces(client: TestClient) -> None:
@@ -92,23 +111,23 @@ def test_the_service_serves_through_traces(client: TestClient) -> None:
     assert reply.status_code == 200
     operations = client.app.state.latentserve.operations  # type: ignore[attr-defined]
     lm = client.app.state.latentserve.registry.get("ae-t")  # type: ignore[attr-defined]
-    assert operations.traced(lm, "reconstruct").state == "traced"
+    assert operations.compiled(lm, "reconstruct").state == "onnxruntime"
 
 
 def test_a_first_batch_of_one_still_traces_the_batched_path() -> None:
     model = tiny_model("ae")
-    call = TracedCall(model, "reconstruct", "ae.reconstruct")
+    call = EngineCall(model, "reconstruct", "ae.reconstruct", "torchscript")
     with torch.inference_mode():
         x = torch.rand(1, 1, 28, 28)
         torch.testing.assert_close(call(x), model.reconstruct(x), rtol=1e-5, atol=1e-5)
-    assert call.state == "traced"
+    assert call.state == "torchscript"
     # traced on 16 rows: the decoder's last layer took its matrix-product path
     # (ImageConvTranspose2d), not torch's transposed convolution for small inputs
-    graph = str(call._traced.inlined_graph)  # type: ignore[union-attr]
+    graph = str(call.compiled.inlined_graph)  # type: ignore[union-attr]
     assert "aten::matmul" in graph
 
 
-def test_trace_at_start_traces_every_call_before_traffic(weights_dir: Path) -> None:
+def test_compile_at_start_compiles_every_call_before_traffic(weights_dir: Path) -> None:
     client = start(Settings(weights_dir=weights_dir, trace_at_start=True))
     try:
         state = client.app.state.latentserve  # type: ignore[attr-defined]
@@ -119,11 +138,40 @@ def test_trace_at_start_traces_every_call_before_traffic(weights_dir: Path) -> N
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             states = {
-                (n, m): state.operations.traced(state.registry.get(n), m).state for n, m in wanted
+                (n, m): state.operations.compiled(state.registry.get(n), m).state for n, m in wanted
             }
-            if set(states.values()) == {"traced"}:
+            if set(states.values()) == {"onnxruntime"}:
                 break
             time.sleep(0.05)
-        assert set(states.values()) == {"traced"}, states
+        assert set(states.values()) == {"onnxruntime"}, states
     finally:
         client.__exit__(None, None, None)
+
+
+SHIPPED = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "weights").glob("*/model.safetensors"))  # fmt: skip
+
+
+@pytest.mark.skipif(not SHIPPED, reason="the shipped weights are not in weights/ yet")
+def test_every_shipped_call_runs_on_onnx_runtime_within_tolerance() -> None:
+    """The default engine takes every served call of every shipped model, and gives the
+    eager numbers within its tolerance at the compiled batch size and others."""
+    states = {}
+    for folder in SHIPPED:
+        model = load_model(folder)
+        for operation, op in model.operations.items():
+            if not op.traceable:
+                continue
+            call = EngineCall(model, op.method, f"{folder.name}.{op.method}", "auto")
+            with torch.inference_mode():
+                first = example_input(model, operation)
+                call(first)
+                states[f"{folder.name}.{op.method}"] = call.state
+                for n in (1, 5):
+                    x = torch.cat([first] * 2)[:n]
+                    for got, want in zip(outputs(call(x)), outputs(call.eager(x)), strict=True):
+                        tol = TOLERANCE.get(call.state, 0.0)
+                        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert len(states) > 20
+    assert set(states.values()) == {"onnxruntime"}, {
+        k: v for k, v in states.items() if v != "onnxruntime"
+    }

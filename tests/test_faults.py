@@ -244,12 +244,12 @@ def test_deeply_nested_and_huge_json(limited: TestClient) -> None:
 def test_unexpected_errors_are_generic_500s(
     limited: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.tracing import TracedCall
+    from service.engines import EngineCall
 
     def explode(self, x):
         raise RuntimeError("secret internal detail at /srv/weights")
 
-    monkeypatch.setattr(TracedCall, "__call__", explode)  # the model call, traced or not
+    monkeypatch.setattr(EngineCall, "__call__", explode)  # the model call, traced or not
     r = limited.post(
         "/v1/models/ae/reconstruct", content=png(), headers={"content-type": "image/png"}
     )

@@ -292,9 +292,9 @@ def test_a_reload_loads_and_traces_beside_the_served_models(tmp_path: Path) -> N
             release.set()
             assert reload.result(timeout=60).json()["loaded"] == ["vae-new"]
         lm = registry.get("vae-new")
-        # traced before the swap: its first request waits for no trace
+        # compiled before the swap: its first request waits for no export or trace
         for method in ("encode_distribution", "decode", "reconstruct"):
-            assert state.operations.traced(lm, method).state == "traced", method
+            assert state.operations.compiled(lm, method).state == "onnxruntime", method
     finally:
         registry._load_one = original
         client.__exit__(None, None, None)

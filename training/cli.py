@@ -50,6 +50,11 @@ def build_parser() -> Parser:
     add_fit_prior_parser(
         sub.add_parser("fit-prior", help="fit an autoencoder's latent density (so it generates)")
     )
+    from .export import add_export_parser
+
+    add_export_parser(
+        sub.add_parser("export", help="write a model as ONNX graphs and a manifest (served as is)")
+    )
     from .cards import add_cards_parser
 
     add_cards_parser(sub.add_parser("cards", help="print a markdown table of the model cards"))

@@ -35,3 +35,9 @@ def reconstruct(request: Request) -> dict[str, str]:
 @app.get("/hello")
 def hello() -> dict[str, bool]:
     return {"ok": True}
+
+
+@app.post("/echo")
+def echo(request: Request) -> dict[str, str]:
+    """The floor: the same body parsed and sent back, no model (make bench's echo floor)."""
+    return {"image": request.image}

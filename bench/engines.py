@@ -1,0 +1,102 @@
+"""``python -m bench.engines``: the forward cost per image of every shipped model's served
+calls for each engine (eager PyTorch, a TorchScript trace, ONNX Runtime), at batch 1 and 64,
+in-process, one thread (the service's default ``LATENTSERVE_TORCH_THREADS``). Each engine's
+call is built and checked exactly as the service does it (service/engines.py); a call an
+engine cannot take shows as "-" with the reason below the table. Writes
+``bench/results/engines.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from models import load_model
+from models.operations import INPUTS
+from service.engines import EngineCall
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "engines.md"
+ENGINES = ("torch", "torchscript", "onnxruntime")
+
+
+def example(model, operation: str, n: int) -> torch.Tensor:
+    op = model.operations[operation]
+    g = torch.Generator().manual_seed(0)
+    if op.prepare is not None:
+        return getattr(model, op.prepare)(n, g, 1.0, None)
+    if INPUTS.get(operation) == "latents":
+        return torch.randn(n, model.latent_dim, generator=g)
+    return torch.rand(n, *model.image_shape, generator=g)
+
+
+def per_image_us(call: EngineCall, x: torch.Tensor, seconds: float) -> float:
+    """Best of 5 rounds of repeated calls, each round about seconds / 5."""
+    with torch.inference_mode():
+        call(x)  # compile (first call) and warm
+        call(x)
+        best = float("inf")
+        for _ in range(5):
+            n, started = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - started) < seconds / 5 or n < 2:
+                call(x)
+                n += 1
+            best = min(best, elapsed / n)
+    return best / len(x) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__)
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights")
+    parser.add_argument("--seconds", type=float, default=1.0, help="per engine, batch and call")
+    parser.add_argument("--models", nargs="*", help="model names (default: every shipped one)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    folders = sorted(p.parent for p in args.weights.glob("*/config.json"))
+    if args.models:
+        folders = [f for f in folders if f.name in args.models]
+    rows, notes = [], []
+    for folder in folders:
+        model = load_model(folder)
+        for operation, op in sorted(model.operations.items()):
+            if not op.traceable:
+                continue
+            cells = []
+            for batch in (1, 64):
+                x = example(model, operation, batch)
+                for engine in ENGINES:
+                    call = EngineCall(model, op.method, f"{folder.name}.{op.method}", engine)
+                    us = per_image_us(call, x, args.seconds)
+                    ran = call.state if engine != "torch" else "eager"
+                    if engine != "torch" and ran != engine:
+                        cells.append("-")
+                        if batch == 1:
+                            notes.append(
+                                f"{folder.name}.{op.method} {engine}: {call.failures.get(engine, ran)}"
+                            )
+                    else:
+                        cells.append(f"{us:,.0f}")
+            rows.append(
+                f"| {folder.name} | {operation} ({op.method}) | " + " | ".join(cells) + " |"
+            )
+            print(rows[-1], flush=True)
+    header = ("| model | call | eager b1 | trace b1 | ORT b1 | eager b64 | trace b64 | ORT b64 |\n"
+              "|---|---|---|---|---|---|---|---|")  # fmt: skip
+    text = (
+        "# Forward cost per image (us), one thread\n\n"
+        f"`python -m bench.engines` (best of 5 rounds of ~{args.seconds / 5:.2f} s each, "
+        f"torch {torch.__version__}).\n\n" + header + "\n" + "\n".join(rows) + "\n"
+    )
+    if notes:
+        text += "\nNot run by an engine:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text)
+    print(f"\nwrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
