@@ -227,5 +227,6 @@ def open_session(graph: Path, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = False  # as the service's engine does (service/onnx_engine.py)
     options.log_severity_level = 3
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
