@@ -352,12 +352,13 @@ def onnx_point(tmp: Path, files: dict[str, Path], args: argparse.Namespace) -> d
 
 
 def engine_costs(names: tuple[str, ...]) -> str:
-    """The forward cost per image of each engine (bench/engines.py), as its markdown table."""
-    from .engines import OUT
+    """The forward cost per image of each engine (bench/engines.py) for ``names``, as a
+    markdown table (results/engines.md keeps the table of every model)."""
     from .engines import main as engines_main
 
-    engines_main(["--seconds", "0.5", "--models", *names])
-    return OUT.read_text()
+    out = Path(tempfile.mkdtemp()) / "engines.md"
+    engines_main(["--seconds", "0.5", "--models", *names, "--out", str(out)])
+    return out.read_text()
 
 
 def best(results: dict[str, Any], name: str, c: int) -> tuple[str, dict[str, Any]] | None:

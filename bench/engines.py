@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=ROOT / "weights")
     parser.add_argument("--seconds", type=float, default=1.0, help="per engine, batch and call")
     parser.add_argument("--models", nargs="*", help="model names (default: every shipped one)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the table")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     folders = sorted(p.parent for p in args.weights.glob("*/config.json"))
@@ -92,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if notes:
         text += "\nNot run by an engine:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
-    print(f"\nwrote {OUT}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"\nwrote {args.out}")
     return 0
 
 
