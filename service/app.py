@@ -78,11 +78,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def warm_up() -> None:
             await asyncio.shield(loading)
             try:
-                traced = await state.operations.warm_up(list(registry.models.values()))
-            except Exception:  # the calls trace on first use instead
+                compiled = await state.operations.warm_up(list(registry.models.values()))
+            except Exception:  # the calls compile on first use instead
                 log.exception("warming up the models failed")
                 return
-            log.info("%d model calls traced ahead of traffic", traced)
+            finally:
+                state.warmed = True  # readiness no longer waits
+            log.info("%d model calls compiled ahead of traffic", compiled)
+
+        # with LATENTSERVE_TRACE_AT_START, ready means compiled: no routed request waits for
+        # an export or a trace (a request sent before still works, and may wait)
+        state.warmed = not settings.trace_at_start
 
         warming = asyncio.create_task(warm_up() if settings.trace_at_start else asyncio.sleep(0))
         try:

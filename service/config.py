@@ -114,8 +114,8 @@ class Settings(BaseSettings):
     )  # fmt: skip
     trace_at_start: bool = Field(
         False,
-        description="compile (export or trace) every call of every model right after loading, "
-        "so no request waits for it",
+        description="compile (export or trace) every call of every model right after loading; "
+        "readiness waits for it, so no request routed after ready waits for a compile",
     )
     png_compress_level: int = Field(
         0, ge=0, le=3, description="ISA-L deflate level of PNG replies (0 fastest, 3 smallest)"

@@ -23,3 +23,5 @@ class AppState:
     operations: Operations
     metrics: Metrics
     reload_signal: ReloadSignal | None = None  # shared by the workers (reloading.py)
+    #: False while LATENTSERVE_TRACE_AT_START compiles the calls: readiness waits for it
+    warmed: bool = True

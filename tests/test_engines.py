@@ -127,23 +127,25 @@ def test_a_first_batch_of_one_still_traces_the_batched_path() -> None:
     assert "aten::matmul" in graph
 
 
-def test_compile_at_start_compiles_every_call_before_traffic(weights_dir: Path) -> None:
+def test_compile_at_start_compiles_every_call_before_ready(weights_dir: Path) -> None:
     client = start(Settings(weights_dir=weights_dir, trace_at_start=True))
     try:
         state = client.app.state.latentserve  # type: ignore[attr-defined]
+        seen = set()
+        deadline = time.monotonic() + 120  # a bound for a hung start, not a speed
+        while (ready := client.get("/health/ready")).status_code != 200:
+            seen.update(ready.json()["not_ready"].values())
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.01)
         wanted = {
             ("ae-t", "reconstruct"), ("ae-t", "encode"), ("ae-t", "decode"), ("vae-t", "encode_distribution"),
             ("gan-t", "decode"), ("cvae-t", "reconstruct"), ("classifier-t", "classify"),
         }  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            states = {
-                (n, m): state.operations.compiled(state.registry.get(n), m).state for n, m in wanted
-            }
-            if set(states.values()) == {"onnxruntime"}:
-                break
-            time.sleep(0.05)
-        assert set(states.values()) == {"onnxruntime"}, states
+        states = {
+            (n, m): state.operations.compiled(state.registry.get(n), m).state for n, m in wanted
+        }
+        assert set(states.values()) == {"onnxruntime"}, states  # at ready, not some time after
+        assert seen <= {"loading", "compiling every model call (LATENTSERVE_TRACE_AT_START)"}
     finally:
         client.__exit__(None, None, None)
 

@@ -41,6 +41,8 @@ async def live() -> dict[str, Any]:
 async def ready(state: State) -> JSONResponse:
     """200 once every configured model has loaded; 503 before, or while any failed."""
     not_ready = state.registry.not_ready()
+    if not state.warmed and not not_ready:
+        not_ready = {"(all)": "compiling every model call (LATENTSERVE_TRACE_AT_START)"}
     ok = not not_ready and bool(state.registry.models)
     body = {
         "status": "ready" if ok else "not ready",
