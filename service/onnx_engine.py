@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,9 @@ from .tracing import MethodCall
 
 log = logging.getLogger("latentserve.engines")
 OPSET = 17
+#: the exporter keeps module-level state (the opset, "exporting now"); each lane's inference
+#: thread compiles its own calls, so two exports could otherwise overlap
+EXPORT_LOCK = threading.Lock()
 Output = torch.Tensor | tuple[torch.Tensor, ...]
 
 
@@ -55,7 +59,7 @@ def export_graph(model: torch.nn.Module, method: str, example: torch.Tensor) -> 
     n_out = len(produced) if isinstance(produced, tuple) else 1
     outputs = [f"y{i}" for i in range(n_out)]
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False):
+    with EXPORT_LOCK, warnings.catch_warnings(), torch.inference_mode(False):
         warnings.simplefilter("ignore")  # the exporter's notes on traced Python values
         torch.onnx.export(
             call, (example,), buffer,  # type: ignore[arg-type]  # a file object works
