@@ -6,6 +6,7 @@ Every field below is documented in the README's settings table. Lists accept JSO
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 PLACEHOLDER_KEYS = {"changeme", "change-me", "secret", "password", "apikey", "api-key", "test"}
+
+
+#: settings that were replaced: the old variable -> what to set instead
+RENAMED = {
+    "LATENTSERVE_TORCHSCRIPT": "LATENTSERVE_ENGINE (torchscript where it was true, torch where false)"
+}
 
 
 class Settings(BaseSettings):
@@ -159,6 +166,14 @@ class Settings(BaseSettings):
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"CORS origin {origin!r} must start with http:// or https://")
         return value
+
+    @model_validator(mode="after")
+    def _refuse_renamed_variables(self) -> Settings:
+        """A variable that changed meaning must not be ignored in silence."""
+        for old, new in RENAMED.items():
+            if old in os.environ:
+                raise ValueError(f"{old} was replaced by {new}; unset {old}")
+        return self
 
     @model_validator(mode="after")
     def _refuse_weak_api_key(self) -> Settings:

@@ -113,6 +113,12 @@ def test_weak_api_key_is_refused() -> None:
         Settings(api_key="changeme")
 
 
+def test_a_replaced_setting_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATENTSERVE_TORCHSCRIPT", "false")
+    with pytest.raises(ValueError, match="replaced by LATENTSERVE_ENGINE"):
+        Settings()
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("w")
