@@ -165,10 +165,9 @@ def signature(lm: LoadedModel, operation: str) -> Signature:
 
 def metadata(lm: LoadedModel, operation: str, v2_name: str) -> dict[str, Any]:
     sig = signature(lm, operation)
-    fields = {name: f.description or "" for name, f in sig.params.model_fields.items()
-              if name not in sig.scalars}  # fmt: skip
-    fields.update({f.alias: f.description or "" for f in sig.params.model_fields.values()
-                   if f.alias and f.alias not in sig.scalars})  # fmt: skip
+    # each parameter by the name a request uses (its alias: generate's "class"); the scalar
+    # inputs are accepted here too
+    fields = {f.alias or name: f.description or "" for name, f in sig.params.model_fields.items()}
     return {
         "name": v2_name,
         "versions": ["1"],

@@ -48,9 +48,11 @@ def test_server_and_model_metadata(tc: triton.InferenceServerClient) -> None:
     assert tc.get_model_metadata("vae-t.decode", model_version="1")["name"] == "vae-t.decode"
     generate = tc.get_model_metadata("cvae-t.generate")
     assert [t["name"] for t in generate["inputs"]] == ["n", "seed", "temperature", "class"]
-    assert {"n", "seed", "temperature", "class"} <= set(generate["parameters"]["accepts"]) | {
-        "n", "seed", "temperature", "class"
-    }  # fmt: skip
+    assert set(generate["parameters"]["accepts"]) == {"n", "seed", "temperature", "class"}
+    assert set(tc.get_model_metadata("vae-t.likelihood")["parameters"]["accepts"]) == {
+        "invert",
+        "samples",
+    }
     assert tc.is_model_ready("ae-t.reconstruct") and not tc.is_model_ready("ae-t.generate")
     assert not tc.is_model_ready("vae-t.decode", model_version="2")
     index = {m["name"] for m in tc.get_model_repository_index()}
