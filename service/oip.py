@@ -183,7 +183,7 @@ def _inputs(
 
 
 def _datatype(value: Any, where: str) -> tuple[str, np.dtype[Any]]:
-    if value not in DATATYPES:
+    if not isinstance(value, str) or value not in DATATYPES:
         raise ProtocolError(
             f"{where}: datatype {str(value)[:20]!r} is not served; use one of {', '.join(DATATYPES)}"
         )

@@ -72,7 +72,7 @@ def v2_model(state: AppState, name: str, version: str | None) -> tuple[LoadedMod
     lm = find_model(state, model)
     if operation not in lm.operations:
         raise ModelNotFound(
-            f"{model!r} has no operation {operation!r}; its v2 models: "
+            f"{model!r} has no operation {operation[:40]!r}; its v2 models: "
             + ", ".join(f"{model}.{op}" for op in lm.operations)
         )
     if version not in (None, "", VERSION):
