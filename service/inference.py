@@ -57,7 +57,11 @@ def parse_latents(lm: LoadedModel, rows: list[list[float]], field: str) -> torch
         if len(row) != k:
             where = field if len(rows) == 1 else f"{field}[{i}]"
             raise InvalidInput(f"{where}: {lm.name} takes latents of length {k}, got {len(row)}")
-    z = torch.tensor(rows, dtype=torch.float32)
+    return check_latent_values(torch.tensor(rows, dtype=torch.float32), field)
+
+
+def check_latent_values(z: torch.Tensor, field: str) -> torch.Tensor:
+    """``z`` if its values are finite and of magnitude at most 10000; else a 422 naming ``field``."""
     if not torch.isfinite(z).all() or z.abs().max() > 1e4:
         raise InvalidInput(f"{field}: values must be finite numbers of magnitude at most 10000")
     return z

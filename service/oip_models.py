@@ -35,7 +35,7 @@ import torch
 from pydantic import BaseModel
 
 from . import composition, density
-from .inference import Operations, class_index, new_seed
+from .inference import Operations, check_latent_values, class_index, new_seed
 from .oip import InferRequest, ProtocolError
 from .parsing import validate
 from .registry import LoadedModel
@@ -264,12 +264,12 @@ def _tensor(spec: TensorSpec, array: np.ndarray) -> torch.Tensor:
     if array.dtype == np.uint8:
         return torch.from_numpy(array.astype(np.float32) / 255)
     x = torch.from_numpy(array.astype(np.float32))
+    if len(spec.shape) == 2:  # latents: the check REST's latents get
+        return check_latent_values(x, where)
     if not torch.isfinite(x).all():
         raise ProtocolError(f"{where}: values must be finite")
-    if len(spec.shape) == 4 and (float(x.min()) < 0 or float(x.max()) > 1):
+    if float(x.min()) < 0 or float(x.max()) > 1:
         raise ProtocolError(f"{where}: FP32 images take values in [0, 1] (or send UINT8 0..255)")
-    if len(spec.shape) == 2 and float(x.abs().max()) > 1e4:
-        raise ProtocolError(f"{where}: latent values must be of magnitude at most 10000")
     return x
 
 

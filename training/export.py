@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
@@ -23,9 +22,8 @@ from torch import nn
 
 from models import LatentModel, load_model
 from models.checkpoint import CONFIG_FILE, FORMAT_VERSION
-from models.onnx_model import FAMILY, load_onnx_model
+from models.onnx_model import FAMILY, export_graph, load_onnx_model
 
-OPSET = 17
 TOLERANCE = 1e-4
 
 
@@ -59,13 +57,8 @@ def export_onnx(model: LatentModel, out: Path) -> dict[str, object]:
         "latent_dim": model.latent_dim,
     }
     for role, (operation, example) in roles.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Role(model, operation).eval(), (example,), str(out / f"{role}.onnx"),
-                dynamo=False, opset_version=OPSET, input_names=["x"], output_names=["y"],
-                dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, external_data=False,
-            )  # fmt: skip
+        graph, _ = export_graph(_Role(model, operation), example)
+        (out / f"{role}.onnx").write_bytes(graph)
         config[role] = f"{role}.onnx"
     generate = ops.get("generate")
     if (
