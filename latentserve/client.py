@@ -373,7 +373,9 @@ class Calls:
         return Call("GET", "/health/ready", lambda r: bool(r.json().get("ready")))
 
     @staticmethod
-    def encode(model: str, image: ImageInput, invert: bool = False) -> Call[Encoding]:
+    def encode(
+        model: str, image: ImageInput, invert: bool = False, inversion: str | None = None
+    ) -> Call[Encoding]:
         def parse(r: httpx.Response) -> Encoding:
             b = r.json()
             opt = {k: np.asarray(b[k], np.float32) if k in b else None for k in ("mean", "log_var")}
@@ -381,7 +383,8 @@ class Calls:
                             b.get("reconstruction_error"),
                             _meta(b, "latent", "mean", "log_var", "reconstruction_error"))  # fmt: skip
 
-        return Call("POST", _op(model, "encode"), parse, **_form({"image": image}, {"invert": invert}))  # fmt: skip
+        fields = {"invert": invert, "inversion": inversion}
+        return Call("POST", _op(model, "encode"), parse, **_form({"image": image}, fields))
 
     @staticmethod
     def decode(model: str, latents: Any) -> Call[Images]:
@@ -389,9 +392,11 @@ class Calls:
                     json={"latents": _latents(latents)})  # fmt: skip
 
     @staticmethod
-    def reconstruct(model: str, image: ImageInput, invert: bool = False) -> Call[Images]:
+    def reconstruct(
+        model: str, image: ImageInput, invert: bool = False, inversion: str | None = None
+    ) -> Call[Images]:
         return Call("POST", _op(model, "reconstruct"), _images("image"), {"format": "array"},
-                    **_form({"image": image}, {"invert": invert}))  # fmt: skip
+                    **_form({"image": image}, {"invert": invert, "inversion": inversion}))  # fmt: skip
 
     @staticmethod
     def denoise(
@@ -568,15 +573,21 @@ class Client(_Base):
         except ServiceUnavailable:
             return False
 
-    def encode(self, model: str, image: ImageInput, *, invert: bool = False) -> Encoding:
-        return self.run(Calls.encode(model, image, invert))
+    def encode(
+        self, model: str, image: ImageInput, *, invert: bool = False, inversion: str | None = None
+    ) -> Encoding:
+        """The code; a GAN's by its ``inversion`` ("amortised", "optimisation"; default: the
+        model's first), named in ``meta["inversion"]``."""
+        return self.run(Calls.encode(model, image, invert, inversion))
 
     def decode(self, model: str, latents: Any) -> Images:
         """One latent [K] or several [N, K] (lists or arrays) -> N images."""
         return self.run(Calls.decode(model, latents))
 
-    def reconstruct(self, model: str, image: ImageInput, *, invert: bool = False) -> Images:
-        return self.run(Calls.reconstruct(model, image, invert))
+    def reconstruct(
+        self, model: str, image: ImageInput, *, invert: bool = False, inversion: str | None = None
+    ) -> Images:
+        return self.run(Calls.reconstruct(model, image, invert, inversion))
 
     def denoise(
         self, model: str, image: ImageInput, *, noise: str | None = None, level: float = 0.3,
@@ -674,14 +685,18 @@ class AsyncClient(_Base):
         except ServiceUnavailable:
             return False
 
-    async def encode(self, model: str, image: ImageInput, *, invert: bool = False) -> Encoding:
-        return await self.run(Calls.encode(model, image, invert))
+    async def encode(
+        self, model: str, image: ImageInput, *, invert: bool = False, inversion: str | None = None
+    ) -> Encoding:
+        return await self.run(Calls.encode(model, image, invert, inversion))
 
     async def decode(self, model: str, latents: Any) -> Images:
         return await self.run(Calls.decode(model, latents))
 
-    async def reconstruct(self, model: str, image: ImageInput, *, invert: bool = False) -> Images:
-        return await self.run(Calls.reconstruct(model, image, invert))
+    async def reconstruct(
+        self, model: str, image: ImageInput, *, invert: bool = False, inversion: str | None = None
+    ) -> Images:
+        return await self.run(Calls.reconstruct(model, image, invert, inversion))
 
     async def denoise(
         self, model: str, image: ImageInput, *, noise: str | None = None, level: float = 0.3,

@@ -116,6 +116,12 @@ class LatentModel(nn.Module):
     fits_latent_density: ClassVar[bool] = False
     latent_density: GaussianMixture | None = None
 
+    @property
+    def inversion_methods(self) -> tuple[str, ...]:
+        """The ways the model's ``encode`` search can run (``SearchBudget.method``), the
+        default first; empty for a model whose encode is not a search."""
+        return ()
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):

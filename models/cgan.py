@@ -28,7 +28,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from .base import LatentModel, check_code_shape, check_images, check_range, register
 from .blocks import stage_plan
 from .conditioning import ConditionalCode, check_class_names
-from .gan import GAN, Critic, GANConfig, Generator
+from .gan import GAN, Critic, GANConfig, Generator, make_inverter
 
 
 @dataclasses.dataclass
@@ -79,6 +79,7 @@ class ConditionalGAN(ConditionalCode, GAN):
         self.critic = ProjectionCritic(  # type: ignore[assignment]
             c, side, config.width, n, aux_classifier=config.aux_class_weight > 0
         )
+        self.inverter = make_inverter(self)  # predicts the whole code [z, class weights]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """code [B, K + num_classes] -> x [B, C, H, W] in [0, 1]."""

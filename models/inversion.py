@@ -1,10 +1,19 @@
 """GAN inversion: find the latent whose image matches a given one.
 
-Zhu, Krahenbuhl, Shechtman & Efros, "Generative Visual Manipulation on the Natural Image
-Manifold", ECCV 2016; Creswell & Bharath, "Inverting the Generator of a Generative
-Adversarial Network", IEEE TNNLS 2018. A GAN has no encoder, so we optimise z to minimise
-||G(z) - x||^2 with Adam, from several random starts at once, and keep the best start per
-image. Kept out of ``nn.Module`` on purpose: it is a procedure run on a model, not a layer.
+Two ways, both kept out of ``nn.Module``'s forward (they are procedures run on a model):
+
+- Optimisation (Zhu, Krahenbuhl, Shechtman & Efros, "Generative Visual Manipulation on the
+  Natural Image Manifold", ECCV 2016; Creswell & Bharath, "Inverting the Generator of a
+  Generative Adversarial Network", IEEE TNNLS 2018): minimise ||G(z) - x||^2 over z with
+  Adam from several random starts at once and keep the best start per image. Hundreds of
+  steps: about a second per image on a CPU.
+- Amortised (the hybrid of Zhu et al. 2016, section 3.2; Zhu, Shen, Zhao & Zhou, "In-Domain
+  GAN Inversion for Real Image Editing", ECCV 2020): an ``Inverter``, a conv encoder trained
+  against the fixed generator (``python -m training fit-inverter``), predicts z in one pass,
+  and a few Adam steps refine it. Milliseconds per image.
+
+Every row is optimised on its own loss (Adam is element-wise), so a batch of images gives
+each image the latent it would get alone.
 """
 
 from __future__ import annotations
@@ -13,8 +22,68 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from .base import LatentModel
+from .blocks import ConvEncoder
+
+#: Adam's step size when refining the inverter's prediction: it starts near the answer
+REFINE_LR = 0.02
+
+
+class Inverter(nn.Module):
+    """x [B, C, H, W] in [0, 1] -> code [B, K] whose image under the generator is x.
+
+    The autoencoders' conv encoder (blocks.py), on images rescaled to [-1, 1] like the
+    generator's output. Trained with the generator fixed (training/inverter.py)."""
+
+    def __init__(self, channels: int, side: int, width: int, code_dim: int) -> None:
+        super().__init__()
+        self.encoder = ConvEncoder(channels, side, width, code_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x * 2 - 1)  # [B, K]
+
+
+def per_image_error(gan: LatentModel, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of G(z) [B, C, H, W] against target, per image [B]."""
+    return (gan.decode(z) - target).pow(2).flatten(1).mean(1)
+
+
+def descend(
+    gan: LatentModel,
+    target: torch.Tensor,
+    start: torch.Tensor,
+    steps: int,
+    lr: float,
+    time_budget_s: float | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Adam on z from ``start`` [B, K] towards G(z) = target [B, C, H, W]: the final z [B, K].
+
+    Stops after ``steps`` steps or ``time_budget_s`` seconds, whichever comes first, or as soon
+    as ``stop()`` is true (checked after every step: nobody waits for the answer). Safe under
+    ``torch.inference_mode()``: it leaves it for its own graph; no gradient reaches the weights.
+    """
+    started = time.perf_counter()
+    with torch.inference_mode(False), torch.enable_grad():
+        target = target.detach().clone()
+        z = start.detach().clone().requires_grad_(True)  # [B, K]
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            (grad,) = torch.autograd.grad(per_image_error(gan, z, target).sum(), z)
+            z.grad = grad
+            opt.step()
+            if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+                break
+            if stop is not None and stop():
+                break
+        return z.detach()
+
+
+@torch.no_grad()
+def _final(gan: LatentModel, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return per_image_error(gan, z, target)
 
 
 def invert(
@@ -27,32 +96,34 @@ def invert(
     generator: torch.Generator | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [B, C, H, W] in [0, 1] -> (z [B, K], per-image MSE of G(z) against x [B]).
-
-    Stops after ``steps`` Adam steps or ``time_budget_s`` seconds, whichever comes first, or
-    as soon as ``stop()`` is true (checked after every step: nobody waits for the answer).
-    Safe to call under ``torch.inference_mode()``: it leaves it for its own graph.
-    """
+    """Optimisation from random starts: x [B, C, H, W] in [0, 1] -> (z [B, K], per-image MSE
+    of G(z) against x [B]), the best of ``restarts`` starts per image."""
     if steps < 1 or restarts < 1:
         raise ValueError("steps and restarts must be at least 1")
-    started = time.perf_counter()
     b, k = x.shape[0], gan.latent_dim
-    with torch.inference_mode(False), torch.enable_grad():
-        target = x.detach().clone().repeat_interleave(restarts, 0)  # [B * R, C, H, W]
-        z = gan.initial_latents(b * restarts, generator)  # conditional: neutral class part
-        z.requires_grad_(True)  # [B * R, K]
-        opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
-            per_image = (gan.decode(z) - target).pow(2).flatten(1).mean(1)  # [B * R]
-            (grad,) = torch.autograd.grad(per_image.sum(), z)  # no gradients reach the weights
-            z.grad = grad
-            opt.step()
-            if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
-                break
-            if stop is not None and stop():
-                break
-        with torch.no_grad():
-            final = (gan.decode(z) - target).pow(2).flatten(1).mean(1).view(b, restarts)
-            best = final.argmin(1)  # [B]
-            z_best = z.detach().view(b, restarts, k)[torch.arange(b), best]  # [B, K]
-            return z_best, final[torch.arange(b), best]
+    target = x.repeat_interleave(restarts, 0)  # [B * R, C, H, W]
+    start = gan.initial_latents(b * restarts, generator)  # conditional: neutral class part
+    z = descend(gan, target, start, steps, lr, time_budget_s, stop)  # [B * R, K]
+    final = _final(gan, z, target).view(b, restarts)
+    best = final.argmin(1)  # [B]
+    rows = torch.arange(b)
+    return z.view(b, restarts, k)[rows, best], final[rows, best]
+
+
+def refine(
+    gan: LatentModel,
+    inverter: nn.Module,
+    x: torch.Tensor,
+    steps: int = 12,
+    time_budget_s: float | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amortised: x [B, C, H, W] in [0, 1] -> (z [B, K], per-image MSE [B]): the inverter's
+    prediction, then ``steps`` Adam steps (0: the prediction as it is)."""
+    if steps < 0:
+        raise ValueError("refinement steps must be at least 0")
+    with torch.no_grad():
+        z = inverter(x)  # [B, K]
+    if steps:
+        z = descend(gan, x, z, steps, REFINE_LR, time_budget_s, stop)
+    return z, _final(gan, z, x)

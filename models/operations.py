@@ -69,13 +69,18 @@ class Op:
 @dataclasses.dataclass(frozen=True)
 class SearchBudget:
     """How hard a search operation may try: steps, random restarts, a time cap in seconds,
-    and ``stop``, asked between steps: true when nobody waits for the result any more (the
-    serving engine's cancellation and deadlines); the search then ends at once."""
+    the method, and ``stop``, asked between steps: true when nobody waits for the result
+    any more (the serving engine's cancellation and deadlines); the search then ends at once."""
 
     steps: int = 200
     restarts: int = 4
     time_s: float | None = None
     stop: Callable[[], bool] | None = None
+    #: how a model that can search more than one way does it (``LatentModel.inversion_methods``):
+    #: "amortised" (a trained inverter's prediction, refined for ``refine_steps`` steps) or
+    #: "optimisation" (``steps`` steps from ``restarts`` random starts); None: the first it has
+    method: str | None = None
+    refine_steps: int = 12
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,7 +49,7 @@ async def interpolation_ends(
                 f"model {lm.name!r} cannot encode images; give latent_a and latent_b"
             )
         x = await load(("image", "image_b"))
-        z = (await ops.encode(lm, torch.cat([x["image"], x["image_b"]]))).latent
+        z = (await ops.encode(lm, torch.cat([x["image"], x["image_b"]]), params.inversion)).latent
         return z[0], z[1]
     if given["latents"]:
         if params.latent_a is None or params.latent_b is None:
@@ -113,6 +113,6 @@ async def arithmetic_terms(
             )
         fields = tuple(ARITHMETIC_TERMS[t][0] for t in to_encode)
         x = await load(fields)
-        z = (await ops.encode(lm, torch.cat([x[f] for f in fields]))).latent
+        z = (await ops.encode(lm, torch.cat([x[f] for f in fields]), params.inversion)).latent
         latents.update(zip(to_encode, z, strict=True))
     return latents

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     inversion_restarts: int = Field(
         4, ge=1, le=64, description="random starts per image; the best is kept"
     )
+    inversion_refine_steps: int = Field(
+        12, ge=0, le=1000, description="Adam steps after a GAN inverter's prediction (amortised)"
+    )
     inversion_time_budget_s: float = Field(
         3.0, gt=0, le=120, description="time cap of one inversion batch"
     )

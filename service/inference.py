@@ -43,7 +43,7 @@ from .problems import InvalidInput, NotSupported, TimedOut, TooManyRequests
 from .registry import LoadedModel
 
 log = logging.getLogger("latentserve.inference")
-CallKey = tuple[str, bool, tuple[tuple[str, int], ...]]  # operation, pixels, options
+CallKey = tuple[str, bool, tuple[tuple[str, int | str], ...]]  # operation, pixels, options
 
 
 def new_seed() -> int:
@@ -119,7 +119,7 @@ class ModelCall:
     fn: BatchFn = dataclasses.field(compare=False, repr=False, default=lambda x: x)
     search: bool = False  # an iterative search: always the expensive lane
     #: keyword arguments of the method (likelihood's samples), sorted: part of the key
-    options: tuple[tuple[str, int], ...] = ()
+    options: tuple[tuple[str, int | str], ...] = ()
 
     def __call__(self, x: torch.Tensor) -> Output:
         return self.fn(x)
@@ -144,7 +144,7 @@ class ModelCall:
     @property
     def cost(self) -> int:
         """Model passes per row: the importance samples of a likelihood bound, else 1."""
-        return max((value for key, value in self.options if key == "samples"), default=1)
+        return max((int(v) for key, v in self.options if key == "samples"), default=1)
 
     @property
     def label(self) -> tuple[str, str]:
@@ -167,7 +167,8 @@ class Operations:
         self.settings = settings
         # a search stops between its steps once nobody waits for it (batching.should_stop)
         self.budget = SearchBudget(settings.inversion_steps, settings.inversion_restarts,
-                                   settings.inversion_time_budget_s, stop=should_stop)  # fmt: skip
+                                   settings.inversion_time_budget_s, stop=should_stop,
+                                   refine_steps=settings.inversion_refine_steps)  # fmt: skip
         self._expensive_running: collections.Counter[str] = collections.Counter()  # by client
         # large replies (GIFs, big grids) are encoded here: off the event loop, at the
         # expensive lane's priority (an 80 ms GIF at normal priority took the cheap lane's CPU)
@@ -199,13 +200,13 @@ class Operations:
         return traces[method]
 
     def call(
-        self, lm: LoadedModel, operation: str, pixels: bool = False, **options: int
+        self, lm: LoadedModel, operation: str, pixels: bool = False, **options: int | str
     ) -> ModelCall:
         """The batched call for a declared operation (``generate`` runs its ``method``); with
         ``pixels``, images come back as uint8 [n, H, W, C], converted once per batch on the
         inference thread (per request on the event loop it was ~5% of the loop's time).
-        ``options`` are keyword arguments of the method (``samples``): calls with different
-        options never share a batch."""
+        ``options`` are keyword arguments of the method (``samples``), or of a search's
+        budget (``method``): calls with different options never share a batch."""
         key = (operation, pixels, tuple(sorted(options.items())))
         calls = self._calls.get(lm)  # get, not setdefault: that makes a weakref per call
         if calls is not None:
@@ -217,7 +218,8 @@ class Operations:
         op = self._declared(lm, operation)
         fn: BatchFn
         if op.search:  # iterative: never traced, run with the settings' budget
-            fn = partial(getattr(lm.model, op.method), budget=self.budget)
+            budget = dataclasses.replace(self.budget, **options)  # type: ignore[arg-type]
+            fn = partial(getattr(lm.model, op.method), budget=budget)
         elif options or not op.traceable:  # with arguments: as it is (a trace has none)
             fn = partial(getattr(lm.model, op.method), **options)
         else:
@@ -239,7 +241,7 @@ class Operations:
 
     async def run(
         self, lm: LoadedModel, operation: str, x: torch.Tensor, pixels: bool = False,
-        **options: int,
+        **options: int | str,
     ) -> Output:  # fmt: skip
         """The declared call on ``x``, in its lane, by the request's deadline (context.py)."""
         call = self.call(lm, operation, pixels, **options)
@@ -311,10 +313,19 @@ class Operations:
                     traced.add((lm.name, op.method))
         return len(traced)
 
-    async def encode(self, lm: LoadedModel, x: torch.Tensor) -> EncodeOutput:
+    async def encode(
+        self, lm: LoadedModel, x: torch.Tensor, inversion: str | None = None
+    ) -> EncodeOutput:
         """x [B, C, H, W] -> the typed output: latent, and mean/log_var/reconstruction_error
-        where the family declares them."""
-        out = wrap_output("encode", self._declared(lm, "encode"), await self.run(lm, "encode", x))
+        where the family declares them. ``inversion``: the method of a search (``None``: the
+        model's default; see ``inversion_method``)."""
+        method = inversion_method(lm, inversion)
+        options = {} if method is None else {"method": method}
+        out = wrap_output(
+            "encode",
+            self._declared(lm, "encode"),
+            await self.run(lm, "encode", x, False, **options),
+        )
         assert isinstance(out, EncodeOutput)
         return out
 
@@ -323,12 +334,14 @@ class Operations:
         return _tensor(await self.run(lm, "decode", z, pixels))
 
     async def reconstruct(
-        self, lm: LoadedModel, x: torch.Tensor, pixels: bool = False
+        self, lm: LoadedModel, x: torch.Tensor, pixels: bool = False, inversion: str | None = None
     ) -> torch.Tensor:
         """Like ``decode``. A model that declares no reconstruct but encodes and decodes (a GAN,
-        by search) reconstructs through its code."""
+        by search, in the ``inversion`` method) reconstructs through its code."""
         if "reconstruct" not in lm.model.operations:
-            return await self.decode(lm, (await self.encode(lm, x)).latent, pixels)
+            code = (await self.encode(lm, x, inversion)).latent
+            return await self.decode(lm, code, pixels)
+        inversion_method(lm, inversion)  # refuses a method for a model that does not search
         return _tensor(await self.run(lm, "reconstruct", x, pixels))
 
     async def log_likelihood(
@@ -378,6 +391,31 @@ class Operations:
         if not torch.isfinite(path).all() or not math.isfinite(float(path.abs().max())):
             raise InvalidInput("the interpolation path is not finite")
         return await self.decode(lm, path)
+
+
+def inversion_method(lm: LoadedModel, inversion: str | None) -> str | None:
+    """The search method an encode of ``lm`` runs: ``inversion`` if the model has it, its
+    default when None; None for a model whose encode is not a search. InvalidInput names
+    what the model has instead."""
+    methods = lm.model.inversion_methods
+    if inversion is None:
+        return methods[0] if methods else None
+    if not methods:
+        raise InvalidInput(
+            f"inversion: model {lm.name!r} ({lm.model.family}) encodes without a search; "
+            "leave inversion out"
+        )
+    if inversion not in methods:
+        extra = (
+            "; an amortised inversion needs an inverter: "
+            f"python -m training fit-inverter --model weights/{lm.name}"
+            if inversion == "amortised" else ""
+        )  # fmt: skip
+        raise InvalidInput(
+            f"inversion: model {lm.name!r} has no {inversion!r} inversion (it has: "
+            f"{', '.join(methods)}){extra}"
+        )
+    return inversion
 
 
 def _tensor(out: Output) -> torch.Tensor:

@@ -42,6 +42,7 @@ from .registry import LoadedModel
 from .schemas import (
     ArithmeticParams,
     DenoiseParams,
+    EncodeParams,
     GenerateParams,
     ImageParams,
     InterpolateParams,
@@ -112,7 +113,7 @@ def signature(lm: LoadedModel, operation: str) -> Signature:
         if "reconstruction_error" in returns:
             outs.append(TensorSpec("reconstruction_error", ("FP32",), (-1,),
                                    "mean squared error of the code the search found"))  # fmt: skip
-        return Signature((images,), tuple(outs), ImageParams)
+        return Signature((images,), tuple(outs), EncodeParams)
     if operation == "decode":
         return Signature((latents,), (out_images,), NoParams)
     if operation in ("reconstruct", "classify", "likelihood", "anomaly", "denoise"):
@@ -132,7 +133,9 @@ def signature(lm: LoadedModel, operation: str) -> Signature:
                 TensorSpec("anomalous", ("BOOL",), (-1,), "percentile above LATENTSERVE_ANOMALY_PERCENTILE"),
             ),
         }  # fmt: skip
-        params: dict[str, type[Params]] = {"denoise": DenoiseParams, "likelihood": LikelihoodParams}
+        params: dict[str, type[Params]] = {
+            "denoise": DenoiseParams, "likelihood": LikelihoodParams, "reconstruct": EncodeParams,
+        }  # fmt: skip
         return Signature((images,), outputs[operation], params.get(operation, ImageParams))
     if operation == "generate":
         ins = [scalar("n", INT_TYPES, "images to draw"),
@@ -274,7 +277,7 @@ def _tensor(spec: TensorSpec, array: np.ndarray) -> torch.Tensor:
 
 
 async def _encode(ops: Operations, lm: LoadedModel, x: Inputs, p: Any) -> dict[str, Any]:
-    return (await ops.encode(lm, x["image"])).tensors()
+    return (await ops.encode(lm, x["image"], p.inversion)).tensors()
 
 
 async def _decode(ops: Operations, lm: LoadedModel, x: Inputs, p: Any) -> dict[str, Any]:
@@ -282,7 +285,7 @@ async def _decode(ops: Operations, lm: LoadedModel, x: Inputs, p: Any) -> dict[s
 
 
 async def _reconstruct(ops: Operations, lm: LoadedModel, x: Inputs, p: Any) -> dict[str, Any]:
-    return {"image": await ops.reconstruct(lm, x["image"])}
+    return {"image": await ops.reconstruct(lm, x["image"], inversion=p.inversion)}
 
 
 async def _denoise(ops: Operations, lm: LoadedModel, x: Inputs, p: Any) -> dict[str, Any]:

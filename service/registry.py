@@ -88,6 +88,7 @@ class LoadedModel:
             "image_shape": list(self.model.image_shape),
             "latent_dim": self.model.latent_dim,
             "operations": self.operations,
+            "inversion": list(self.model.inversion_methods),
             "parameters": self.model.parameter_count(),
             "class_names": self.class_names,
             "conditional": self.model.conditional,

@@ -24,6 +24,9 @@ class ModelDescription(BaseModel):
     image_shape: list[int] = Field(description="[C, H, W]")
     latent_dim: int
     operations: list[str]
+    inversion: list[str] = Field(
+        description="how encode searches for a code (GANs: amortised, optimisation), default first"
+    )
     parameters: int
     class_names: list[str]
     conditional: bool
@@ -62,6 +65,7 @@ class EncodeReply(Timed):
     mean: list[float] | None = Field(None, description="a VAE's posterior mean")
     log_var: list[float] | None = Field(None, description="a VAE's posterior log-variance")
     reconstruction_error: float | None = Field(None, description="a GAN search's error")
+    inversion: str | None = Field(None, description="the search's method (GANs)")
 
 
 class ImagesReply(Timed):

@@ -15,6 +15,16 @@ class ImageParams(Params):
     invert: bool = Field(False, description="flip dark-on-light images (x -> 1 - x) before use")
 
 
+class EncodeParams(ImageParams):
+    inversion: Literal["amortised", "optimisation"] | None = Field(
+        None, description="GANs: how the latent of an image is found: 'amortised' (the "
+        "model's trained inverter, refined by LATENTSERVE_INVERSION_REFINE_STEPS Adam steps; "
+        "milliseconds) or 'optimisation' (LATENTSERVE_INVERSION_STEPS steps from "
+        "LATENTSERVE_INVERSION_RESTARTS random starts; about a second). Default: the first "
+        "of the model's `inversion` methods (GET /v1/models/{name})",
+    )  # fmt: skip
+
+
 class LikelihoodParams(ImageParams):
     samples: int | None = Field(
         None, description="vae, cvae: importance samples K (1: the ELBO; default "
@@ -48,7 +58,7 @@ class DecodeParams(Params):
         return self
 
 
-class InterpolateParams(ImageParams):
+class InterpolateParams(EncodeParams):
     latent_a: list[float] | None = Field(None, max_length=4096)
     latent_b: list[float] | None = Field(None, max_length=4096)
     seed_a: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -64,7 +74,7 @@ class InterpolateParams(ImageParams):
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="prior scale for seed ends")
 
 
-class ArithmeticParams(ImageParams):
+class ArithmeticParams(EncodeParams):
     """result = c + scale * (a - b); each term is an image (image, image_b, image_c) or a latent."""
 
     latent_a: list[float] | None = Field(None, max_length=4096)

@@ -171,3 +171,12 @@ def test_the_command_line(live_url: str, tmp_path, capsys) -> None:
     assert "probabilities" in json.loads(capsys.readouterr().out)
     assert lc.main(["--url", live_url, "reconstruct", "nosuch", str(image), "-o", str(out)]) == 1
     assert "error 404" in capsys.readouterr().err
+
+
+def test_the_client_passes_the_gan_inversion_method(live_url: str) -> None:
+    with lc.Client(live_url) as ls:
+        found = ls.encode("gan-t", png(), inversion="optimisation")
+        assert found.meta["inversion"] == "optimisation" and found.reconstruction_error is not None
+        assert len(ls.reconstruct("gan-t", png(), inversion="optimisation")) == 1
+        with pytest.raises(lc.BadRequest, match="fit-inverter"):  # gan-t has no inverter
+            ls.encode("gan-t", png(), inversion="amortised")

@@ -61,7 +61,7 @@ def test_generated_calls_work(generated: Any, live_url: str) -> None:
     from ls_generated.api.open_inference_protocol import v2_infer  # type: ignore[import-not-found]
     from ls_generated.models import (  # type: ignore[import-not-found]
         GenerateGenerateParams,
-        ReconstructImageParamsForm,
+        ReconstructEncodeParamsForm,
         V2InferRequest,
     )
     from ls_generated.types import File  # type: ignore[import-not-found]
@@ -70,7 +70,7 @@ def test_generated_calls_work(generated: Any, live_url: str) -> None:
     listed = list_models.sync(client=client)
     assert "ae-t" in [m.name for m in listed.models]
 
-    form = ReconstructImageParamsForm(image=File(payload=io.BytesIO(png()), file_name="in.png"))
+    form = ReconstructEncodeParamsForm(image=File(payload=io.BytesIO(png()), file_name="in.png"))
     reply = reconstruct.sync("ae-t", client=client, body=form)
     assert reply.image.startswith("data:image/png;base64,") and reply.shape == [1, 28, 28]
 

@@ -50,6 +50,11 @@ def build_parser() -> Parser:
     add_fit_prior_parser(
         sub.add_parser("fit-prior", help="fit an autoencoder's latent density (so it generates)")
     )
+    from .inverter import add_fit_inverter_parser
+
+    add_fit_inverter_parser(
+        sub.add_parser("fit-inverter", help="train a GAN's inverter (amortised inversion)")
+    )
     from .export import add_export_parser
 
     add_export_parser(

@@ -16,7 +16,7 @@ import torch
 
 from models.atlas import has_atlas
 
-from .argtypes import positive_int
+from .argtypes import non_negative_int, positive_int
 from .artifacts import add_artifact_arguments, open_artifact
 from .atlas import add_atlas_options, make_atlas
 from .families import check_floors, training_spec
@@ -47,6 +47,10 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--inversion-restarts", type=positive_int, default=4, help="GAN: random starts per image"
     )
+    p.add_argument(
+        "--inversion-refine-steps", type=non_negative_int, default=12,
+        help="GAN with an inverter: refinement steps of the amortised inversion",
+    )  # fmt: skip
     p.add_argument(
         "--iw-samples", type=positive_int, default=500, help="VAE: importance samples K per image"
     )

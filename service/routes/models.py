@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import composition, density
 from ..deps import State, find_model
 from ..imaging import image_to_tensor
-from ..inference import class_index, new_seed, parse_latents
+from ..inference import class_index, inversion_method, new_seed, parse_latents
 from ..parsing import Parsed, parse_request, validate
 from ..problems import InvalidInput
 from ..registry import LoadedModel
@@ -39,6 +39,7 @@ from ..schemas import (
     ArithmeticParams,
     DecodeParams,
     DenoiseParams,
+    EncodeParams,
     GenerateParams,
     ImageParams,
     InterpolateParams,
@@ -147,18 +148,21 @@ def ms(started: float) -> float:
 
 @router.post(
     "/{name}/encode", summary="Image -> latent", response_model=None, responses=json_responses(EncodeReply),
-    openapi_extra=body(ImageParams, {"image": TINY_PNG, "invert": False}, ("image",)),
+    openapi_extra=body(EncodeParams, {"image": TINY_PNG, "invert": False}, ("image",)),
 )  # fmt: skip
 async def encode(
     name: Annotated[str, Path(examples=["vae-fashion"])], request: Request, state: State
 ) -> dict[str, Any]:
     """Encode an image; a VAE also returns the posterior mean and log-variance, a GAN (which
-    encodes by search) the reconstruction error of the latent it found."""
+    encodes by search, `inversion` amortised or optimisation) the reconstruction error of
+    the latent it found and the method."""
     job = begin(state, name, request, "encode", formats=())
-    _, x = await job.one_image(ImageParams)
-    result = await state.operations.encode(job.lm, x)
+    params, x = await job.one_image(EncodeParams)
+    result = await state.operations.encode(job.lm, x, params.inversion)
     reply = {key: value[0].tolist() for key, value in result.tensors().items()}
-    return {**reply, "latent_dim": job.lm.model.latent_dim, **job.meta()}
+    method = inversion_method(job.lm, params.inversion)
+    searched = {} if method is None else {"inversion": method}
+    return {**reply, "latent_dim": job.lm.model.latent_dim, **searched, **job.meta()}
 
 
 @router.post(
@@ -179,15 +183,16 @@ async def decode(
 
 @router.post(
     "/{name}/reconstruct", summary="Image -> image through the code", responses=image_responses(ReconstructReply),
-    openapi_extra=body(ImageParams, {"image": TINY_PNG}, ("image",)),
+    openapi_extra=body(EncodeParams, {"image": TINY_PNG}, ("image",)),
 )  # fmt: skip
 async def reconstruct(
     name: Annotated[str, Path(examples=["ae-fashion"])], request: Request, state: State
 ) -> Response:
-    """Encode and decode an image."""
+    """Encode and decode an image (a GAN's code found by its `inversion` method)."""
     job = begin(state, name, request, "reconstruct")
-    _, x = await job.one_image(ImageParams)
-    out = await state.operations.reconstruct(job.lm, x, pixels=job.fmt in ("json", "png"))
+    params, x = await job.one_image(EncodeParams)
+    pixels = job.fmt in ("json", "png")
+    out = await state.operations.reconstruct(job.lm, x, pixels, params.inversion)
     return await job.images({"image": out}, single=True)
 
 

@@ -14,6 +14,7 @@ from ..data import Dataset
 from ..declaration import TrainingSpec, register_training
 from ..scoring import (
     Metrics,
+    amortised_headline,
     conditional_accuracy,
     inversion_metrics,
     load_judge,
@@ -78,5 +79,6 @@ register_training(TrainingSpec(
     floors=(("min_conditional_accuracy", ">=", 0.90), ("min_conditional_ratio", ">=", 0.90)),
     headline=lambda m: (f"judged as the requested class: {m['mean_conditional_accuracy']:.1%} on average, "
                        f"{m['min_conditional_accuracy']:.1%} for the worst class ({m['min_conditional_ratio']:.2f} of the judge's accuracy on real ones); Frechet distance "
-                       f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f})"),
+                       f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f}); inversion PSNR "
+                       f"{m['inversion_psnr']:.2f} dB at {m['inversion_seconds_per_image']:.2f} s/image" + amortised_headline(m)),
 ))  # fmt: skip

@@ -13,7 +13,7 @@ from models.gan import GAN
 from ..data import Dataset
 from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
-from ..scoring import Metrics, inversion_metrics, sample_metrics
+from ..scoring import Metrics, amortised_headline, inversion_metrics, sample_metrics
 
 
 class GANRecipe(Recipe):
@@ -94,5 +94,6 @@ register_training(TrainingSpec(
     floors=(("min_class_share", ">=", 0.05),),
     headline=lambda m: (f"smallest class share {m['min_class_share']:.1%} of {m['samples']}; Frechet distance "
                       f"{m['frechet_distance']:.2f} (train vs test: {m['frechet_train_vs_test']:.2f}); inversion PSNR "
-                      f"{m['inversion_psnr']:.2f} dB at {m['inversion_seconds_per_image']:.2f} s/image"),
+                      f"{m['inversion_psnr']:.2f} dB at {m['inversion_seconds_per_image']:.2f} s/image"
+                      + amortised_headline(m)),
 ))  # fmt: skip

@@ -1,0 +1,245 @@
+"""Amortised GAN inversion: a trained inverter's prediction, refined; the optimisation stays
+available; the inverter is trained by ``python -m training fit-inverter`` into the artifact."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load_file
+
+from models import SearchBudget, load_model, save_model
+from models.gan import GAN
+from models.inversion import per_image_error
+from service import Settings
+from service.imaging import image_to_tensor
+from training.cli import main as training_main
+from training.data import Split
+from training.inverter import fit_inverter
+
+from .conftest import png, start
+from .factories import tiny_model, write_tiny
+
+IMAGES = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+
+
+def with_inverter(family: str = "gan", seed: int = 0) -> GAN:
+    model = tiny_model(family, seed=seed, inverter_width=4)
+    assert isinstance(model, GAN)
+    return model
+
+
+@pytest.mark.parametrize("family", ["gan", "cgan"])
+def test_amortised_inversion_starts_from_the_inverter_and_refinement_lowers_the_error(
+    family: str,
+) -> None:
+    model = with_inverter(family)
+    assert model.inversion_methods == ("amortised", "optimisation")
+    assert model.inverter is not None
+    with torch.inference_mode():
+        z0, e0 = model.find_latent(IMAGES, SearchBudget(refine_steps=0))
+        predicted = model.inverter(IMAGES)
+        predicted_error = per_image_error(model, predicted, IMAGES)
+        z5, e5 = model.find_latent(IMAGES, SearchBudget(refine_steps=5))
+        one, _ = model.find_latent(IMAGES[1:2], SearchBudget(refine_steps=5))
+    assert z0.shape == (3, model.latent_dim)  # a cgan's code: z and the class weights
+    torch.testing.assert_close(z0, predicted)
+    torch.testing.assert_close(e0, predicted_error)
+    assert not torch.allclose(z5, z0) and float(e5.mean()) < float(e0.mean())
+    torch.testing.assert_close(one[0], z5[1], atol=1e-5, rtol=1e-4)  # rows are independent
+
+
+def test_the_optimisation_path_stays_and_a_model_without_an_inverter_has_only_it() -> None:
+    plain = tiny_model("gan")
+    assert isinstance(plain, GAN) and plain.inverter is None
+    assert plain.inversion_methods == ("optimisation",)
+    budget = SearchBudget(steps=4, restarts=2)
+    with torch.inference_mode():
+        z, error = plain.find_latent(IMAGES, budget)
+        with pytest.raises(ValueError, match="amortised"):
+            plain.find_latent(IMAGES, SearchBudget(method="amortised"))
+    model = with_inverter()
+    model.load_state_dict(plain.state_dict(), strict=False)  # the same generator, plus an inverter
+    with torch.inference_mode():
+        z2, error2 = model.find_latent(
+            IMAGES, SearchBudget(steps=4, restarts=2, method="optimisation")
+        )
+    torch.testing.assert_close(z2, z)  # the seeded search, unchanged by the inverter
+    torch.testing.assert_close(error2, error)
+
+
+def test_an_inverter_is_saved_in_the_same_safetensors_and_old_artifacts_still_load(
+    tmp_path: Path,
+) -> None:
+    model = with_inverter()
+    save_model(model, tmp_path / "inv")
+    names = load_file(str(tmp_path / "inv" / "model.safetensors"))
+    assert any(n.startswith("inverter.") for n in names)
+    assert (
+        json.loads((tmp_path / "inv" / "config.json").read_text())["config"]["inverter_width"] == 4
+    )
+    loaded = load_model(tmp_path / "inv")
+    assert isinstance(loaded, GAN) and loaded.inverter is not None
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            loaded.inverter(IMAGES), model.inverter(IMAGES), atol=1e-5, rtol=1e-4
+        )  # type: ignore[misc]
+    old = tmp_path / "old"
+    write_tiny(old, "gan", atlas=())
+    config = json.loads((old / "config.json").read_text())
+    assert "inverter_width" not in json.dumps(config) or config["config"]["inverter_width"] == 0
+    assert load_model(old).inversion_methods == ("optimisation",)
+
+
+def test_fit_inverter_learns_to_invert_the_generator() -> None:
+    model = tiny_model("gan", width=8)
+    assert isinstance(model, GAN)
+    with torch.no_grad():  # a generator whose images depend strongly on z
+        model.generator.project[0].weight.mul_(20)
+        z = torch.randn(448, 5, generator=torch.Generator().manual_seed(2))
+        images = (model.decode(z) * 255).round().to(torch.uint8)  # reachable targets
+    no_labels = torch.zeros(len(images), dtype=torch.long)
+    train, val = Split(images[:384], no_labels[:384]), Split(images[384:], no_labels[384:])
+    untrained = with_inverter(seed=5).inverter
+    args = argparse.Namespace(
+        width=4, epochs=2, steps_per_epoch=None, batch_size=32, lr=1e-2, seed=0
+    )
+    summary = fit_inverter(model, train, val, args)
+    assert model.inverter is not None and untrained is not None
+    x = val.images.float() / 255
+    with torch.no_grad():
+        fresh = float(per_image_error(model, untrained(x), x).mean())
+        learned = float(per_image_error(model, model.inverter(x), x).mean())
+    assert learned < 0.7 * fresh  # measured: 0.017 against 0.045
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert summary["history"][-1]["val_psnr"] == pytest.approx(
+        float(-10 * torch.log10(per_image_error(model, model.inverter(x), x)).mean()), abs=1e-3
+    )
+
+
+def test_fit_inverter_writes_the_inverter_into_the_artifact_and_leaves_the_generator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_tiny(tmp_path / "gan", "gan", atlas=())
+    before = load_file(str(folder / "model.safetensors"))
+    training_main(["fit-inverter", "--model", str(folder), "--dataset", "synthetic", "--width", "4",
+                   "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16",
+                   "--eval-images", "4", "--threads", "1"])  # fmt: skip
+    after = load_file(str(folder / "model.safetensors"))
+    for name, tensor in before.items():  # the generator and the critic, as they were
+        torch.testing.assert_close(after[name], tensor, rtol=0, atol=0)
+    assert {n for n in after if n.startswith("inverter.")}
+    trained = load_model(folder)
+    assert isinstance(trained, GAN) and trained.inversion_methods[0] == "amortised"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["inverter"]["width"] == 4 and len(card["inverter"]["history"]) == 2
+    metrics = card["metrics"]
+    assert (
+        0 < metrics["amortised_inversion_psnr"] < 60
+        and metrics["amortised_inversion_ms_per_image"] > 0
+    )
+    assert metrics["amortised_inversion_refine_steps"] == 12
+    assert "amortised inversion:" in capsys.readouterr().out
+
+
+def test_fit_inverter_refuses_a_model_without_a_generator(tmp_path: Path) -> None:
+    folder = write_tiny(tmp_path / "vae", "vae", atlas=())
+    with pytest.raises(SystemExit, match="no generator"):
+        training_main(["fit-inverter", "--model", str(folder), "--dataset", "synthetic"])
+
+
+@pytest.fixture(scope="module")
+def inverting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
+    root = tmp_path_factory.mktemp("inversion")
+    save_model(with_inverter(seed=1), root / "gan-i")
+    write_tiny(root / "gan-o", "gan", atlas=(), seed=1)
+    write_tiny(root / "vae-t", "vae", atlas=(), seed=1)
+    client = start(Settings(weights_dir=root, inversion_refine_steps=0, inversion_steps=3,
+                            inversion_restarts=1))  # fmt: skip
+    yield client, root
+    client.__exit__(None, None, None)
+
+
+def encode(client: TestClient, name: str, **params: object):  # type: ignore[no-untyped-def]
+    body = {"image": base64.b64encode(png()).decode(), **params}
+    return client.post(f"/v1/models/{name}/encode", json=body)
+
+
+def test_the_service_encodes_a_gan_with_its_inverter_by_default(
+    inverting: tuple[TestClient, Path],
+) -> None:
+    client, root = inverting
+    assert client.get("/v1/models/gan-i").json()["inversion"] == ["amortised", "optimisation"]
+    assert client.get("/v1/models/gan-o").json()["inversion"] == ["optimisation"]
+    assert client.get("/v1/models/vae-t").json()["inversion"] == []
+    r = encode(client, "gan-i")
+    assert r.status_code == 200, r.text
+    assert r.json()["inversion"] == "amortised"
+    model = load_model(root / "gan-i")
+    assert isinstance(model, GAN) and model.inverter is not None
+    x = image_to_tensor(png(), model.image_shape, "image", 10**6, False)
+    with torch.inference_mode():
+        expected = model.inverter(x)[0]  # refine steps 0: the inverter's prediction itself
+    np.testing.assert_allclose(r.json()["latent"], expected.numpy(), atol=1e-4, rtol=1e-3)
+    searched = encode(client, "gan-i", inversion="optimisation")
+    assert searched.status_code == 200 and searched.json()["inversion"] == "optimisation"
+    assert searched.json()["latent"] != r.json()["latent"]
+    assert encode(client, "gan-o").json()["inversion"] == "optimisation"
+
+
+def test_the_inversion_parameter_reaches_reconstruct_interpolate_and_arithmetic(
+    inverting: tuple[TestClient, Path],
+) -> None:
+    client, _ = inverting
+    image = base64.b64encode(png()).decode()
+    for inversion in ("amortised", "optimisation"):
+        r = client.post("/v1/models/gan-i/reconstruct?format=array",
+                        json={"image": image, "inversion": inversion})  # fmt: skip
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/models/gan-i/interpolate",
+                        json={"image": image, "image_b": image, "steps": 3, "inversion": inversion})  # fmt: skip
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/models/gan-i/arithmetic", json={
+            "image": image, "image_b": image, "image_c": image, "inversion": inversion})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+
+def test_an_inversion_a_model_cannot_do_is_a_422_that_says_what_it_can(
+    inverting: tuple[TestClient, Path],
+) -> None:
+    client, _ = inverting
+    r = encode(client, "gan-o", inversion="amortised")
+    assert r.status_code == 422 and "fit-inverter --model weights/gan-o" in r.json()["detail"]
+    assert "optimisation" in r.json()["detail"]
+    r = encode(client, "vae-t", inversion="optimisation")
+    assert r.status_code == 422 and "encodes without a search" in r.json()["detail"]
+    image = base64.b64encode(png()).decode()
+    r = client.post("/v1/models/vae-t/reconstruct", json={"image": image, "inversion": "amortised"})
+    assert r.status_code == 422 and "without a search" in r.json()["detail"]
+    r = encode(client, "gan-i", inversion="newton")
+    assert r.status_code == 422 and "inversion" in r.json()["detail"]
+
+
+def test_open_inference_protocol_takes_the_inversion_as_a_parameter(
+    inverting: tuple[TestClient, Path],
+) -> None:
+    client, _ = inverting
+    x = image_to_tensor(png(), (1, 28, 28), "image", 10**6, False)
+    for inversion in ("amortised", "optimisation"):
+        body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                            "data": x.flatten().tolist()}], "parameters": {"inversion": inversion}}  # fmt: skip
+        r = client.post("/v2/models/gan-i.encode/infer", json=body)
+        assert r.status_code == 200, r.text
+        latent = next(o for o in r.json()["outputs"] if o["name"] == "latent")["data"]
+        rest = encode(client, "gan-i", inversion=inversion).json()["latent"]
+        np.testing.assert_allclose(latent, rest, atol=1e-5)
+    body["parameters"] = {"inversion": "amortised"}
+    r = client.post("/v2/models/gan-o.encode/infer", json=body)
+    assert r.status_code == 400 and "fit-inverter" in r.json()["error"]
