@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from safetensors.torch import load_file
 
 from models import SearchBudget, load_model, save_model
 from models.gan import GAN
-from models.inversion import per_image_error
+from models.inversion import Adam, per_image_error
 from service import Settings
 from service.imaging import image_to_tensor
 from training.cli import main as training_main
@@ -243,3 +245,31 @@ def test_open_inference_protocol_takes_the_inversion_as_a_parameter(
     body["parameters"] = {"inversion": "amortised"}
     r = client.post("/v2/models/gan-o.encode/infer", json=body)
     assert r.status_code == 400 and "fit-inverter" in r.json()["error"]
+
+
+def test_the_search_takes_torch_adams_steps_without_importing_dynamo() -> None:
+    torch.manual_seed(0)
+    mine, theirs = torch.randn(4, 5), torch.randn(4, 5)
+    theirs.copy_(mine)
+    theirs.requires_grad_(True)
+    reference = torch.optim.Adam([theirs], lr=0.05)
+    adam = Adam(mine, 0.05)
+    for _ in range(30):
+        grad = torch.randn(4, 5)
+        adam.step(grad)
+        theirs.grad = grad.clone()
+        reference.step()
+    torch.testing.assert_close(mine, theirs.detach(), atol=1e-6, rtol=1e-5)
+    # a server process's first inversion must not import torch._dynamo (1.8 s holding the GIL)
+    script = (
+        "import sys, torch\n"
+        "from tests.factories import tiny_model\n"
+        "from models import SearchBudget\n"
+        "m = tiny_model('gan')\n"
+        "with torch.inference_mode():\n"
+        "    m.find_latent(torch.rand(2, 1, 28, 28), SearchBudget(steps=3, restarts=2))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent, check=True)  # fmt: skip
+    assert out.stdout.strip() == "False"
