@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     expensive = BatchEngine(
         settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
         settings.torch_threads, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop,
-        name="inference-expensive", nice=settings.expensive_lane_nice,
+        name="inference-expensive", nice=settings.expensive_lane_nice, yield_to=engine,
+        pause_s=settings.expensive_pause_ms / 1000, slice_rows=settings.expensive_slice_rows,
     )  # fmt: skip
     signal = ReloadSignal(settings.reload_signal_file) if settings.reload_signal_file else None
     operations = Operations(engine, settings, expensive)

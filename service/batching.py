@@ -63,8 +63,13 @@ def lower_priority(nice: int, what: str) -> None:
 
 
 def should_stop() -> bool:
-    """For a long call on an inference thread: is everyone its batch was for gone (cancelled
-    or past the deadline)? False outside a batch."""
+    """For a long call on an inference thread, at the end of each of its steps (a slice
+    boundary): first give way to the lane this one yields to (``BatchEngine.yield_to``), then
+    say whether everyone its batch was for is gone (cancelled or past the deadline). False
+    outside a batch."""
+    engine = getattr(_running, "engine", None)
+    if engine is not None:
+        engine.give_way()
     check = getattr(_running, "check", None)
     return bool(check and check())
 
@@ -99,6 +104,9 @@ class BatchEngine:
         on_drop: Callable[[str], None] | None = None,
         name: str = "inference",
         nice: int = 0,
+        yield_to: BatchEngine | None = None,
+        pause_s: float = 0.0,
+        slice_rows: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
@@ -110,6 +118,13 @@ class BatchEngine:
         self.on_drop = on_drop  # "cancelled" or "deadline", once per request dropped
         self.name = name
         self.nice = nice  # added to this thread's nice value (Linux): a lower-priority lane
+        # cooperative priority: at each slice boundary (a search's step; a chunk of
+        # ``slice_rows`` rows of a larger call) this lane waits up to ``pause_s`` while
+        # ``yield_to`` has work, so its CPU and the interpreter lock go to that lane first
+        self.yield_to = yield_to
+        self.pause_s = pause_s
+        self.slice_rows = slice_rows
+        self.paused_s = 0.0  # total time given way, for /metrics and the benchmarks
         self._pending: collections.deque[_Item] = collections.deque()
         self._ready = threading.Condition()  # guards _pending and _stopping
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +191,23 @@ class BatchEngine:
             self._dropped("cancelled")
             raise
 
+    @property
+    def has_work(self) -> bool:
+        """Requests queued or a batch running."""
+        return self._busy or bool(self._pending)
+
+    def give_way(self) -> None:
+        """On this lane's thread, at a slice boundary: sleep (releasing the interpreter lock)
+        while the lane it yields to has work, for at most ``pause_s``."""
+        other = self.yield_to
+        if other is None or not self.pause_s or not other.has_work:
+            return
+        started = time.perf_counter()
+        end = started + self.pause_s
+        while other.has_work and time.perf_counter() < end:
+            time.sleep(0.0005)
+        self.paused_s += time.perf_counter() - started
+
     def _dropped(self, reason: str) -> None:
         if self.on_drop:
             self.on_drop(reason)
@@ -191,6 +223,7 @@ class BatchEngine:
         torch.set_num_threads(self.torch_threads)
         if self.nice:
             lower_priority(self.nice, f"the {self.name} lane")
+        _running.engine = self
         while True:
             with self._ready:
                 while not self._pending and not self._stopping:
@@ -273,13 +306,28 @@ class BatchEngine:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             log.warning("event loop closed; %d results dropped", len(items))
 
+    def _sliced(self, call: BatchFn, x: torch.Tensor) -> Output:
+        """``call(x)``, in chunks of ``slice_rows`` rows with a slice boundary between them
+        (rows are independent: the declaration's contract), when x has more rows."""
+        n = self.slice_rows
+        if n is None or len(x) <= n:
+            return call(x)
+        parts = []
+        for start in range(0, len(x), n):
+            if start:
+                self.give_way()
+            parts.append(call(x[start : start + n]))
+        if isinstance(parts[0], torch.Tensor):
+            return torch.cat(parts)  # type: ignore[arg-type]
+        return tuple(torch.cat(columns) for columns in zip(*parts, strict=True))
+
     def _execute(self, group: list[_Item]) -> list[Output | BaseException]:
         """Runs on the inference thread."""
         started = time.perf_counter()
         try:
             with torch.inference_mode():
                 x = group[0].x if len(group) == 1 else torch.cat([it.x for it in group])
-                out = group[0].call(x)
+                out = self._sliced(group[0].call, x)
             results: list[Output | BaseException] = list(
                 split_rows(out, [len(it.x) for it in group])
             )

@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     expensive_lane_nice: int = Field(
         19, ge=0, le=19, description="nice value added to the expensive lane's threads (Linux)"
     )
+    expensive_pause_ms: float = Field(
+        4.0, ge=0, le=1000, description="at each slice boundary of expensive work (a search "
+        "step, a chunk of rows), wait up to this long while the cheap lane has work (0: never)",
+    )  # fmt: skip
+    expensive_slice_rows: int = Field(
+        32, ge=1, description="expensive calls of more rows run in chunks of this many, with a "
+        "slice boundary between chunks",
+    )  # fmt: skip
     max_expensive_per_client: int = Field(
         2, ge=1, description="expensive requests one client address may have running (429 beyond)"
     )

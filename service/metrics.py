@@ -33,6 +33,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "latentserve_queue_depth", "requests waiting for inference", registry=self.registry
         )
+        self.expensive_paused = Gauge(
+            "latentserve_expensive_paused_seconds",
+            "total time the expensive lane gave way to the cheap one at slice boundaries",
+            registry=self.registry,
+        )
         self.dropped = Counter(
             "latentserve_dropped_requests",
             "requests dropped before or while running: cancelled (the client left), deadline",

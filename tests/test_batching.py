@@ -163,3 +163,57 @@ def test_batches_keep_arrival_order_per_key_and_cut_at_max_rows() -> None:
         [("a", 6)],  # larger than max_batch_size: runs alone
         [("a", 1)],
     ]
+
+
+def test_a_large_call_runs_in_slices_that_give_way_to_the_other_lane() -> None:
+    vae = tiny_model("vae", seed=2)
+    x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    rows_seen: list[int] = []
+
+    def encode(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows_seen.append(len(batch))
+        return vae.encode_distribution(batch)
+
+    cheap = BatchEngine()
+    cheap._busy = True  # the cheap lane has work for the whole call
+    expensive = BatchEngine(name="expensive", yield_to=cheap, pause_s=0.002, slice_rows=4)
+
+    async def main():
+        await expensive.start()
+        out = await expensive.run(encode, x)
+        await expensive.stop()
+        return out
+
+    mu, log_var = run(main())
+    assert rows_seen == [4, 4, 2]  # three slices, two boundaries between them
+    with torch.inference_mode():
+        want_mu, want_log_var = vae.encode_distribution(x)
+    torch.testing.assert_close(mu, want_mu, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(log_var, want_log_var, atol=1e-5, rtol=1e-4)
+    assert expensive.paused_s >= 2 * 0.002  # it waited at each boundary while the cheap lane worked
+    cheap._busy = False
+    before = expensive.paused_s
+    expensive.give_way()  # nothing to give way to: no pause
+    assert expensive.paused_s == before
+
+
+def test_a_search_gives_way_at_every_step() -> None:
+    from models import SearchBudget
+    from service.batching import should_stop
+
+    gan = tiny_model("gan")
+    cheap = BatchEngine()
+    cheap._busy = True
+    expensive = BatchEngine(name="expensive", yield_to=cheap, pause_s=0.001)
+
+    def search(batch: torch.Tensor) -> torch.Tensor:
+        return gan.find_latent(batch, SearchBudget(steps=5, restarts=1, stop=should_stop))[0]
+
+    async def main():
+        await expensive.start()
+        out = await expensive.run(search, torch.rand(1, 1, 28, 28))
+        await expensive.stop()
+        return out
+
+    assert run(main()).shape == (1, gan.latent_dim)
+    assert expensive.paused_s >= 5 * 0.001  # one pause per step

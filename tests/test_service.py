@@ -545,6 +545,7 @@ def test_metrics(client: TestClient) -> None:
         and 'latentserve_model_load_seconds{model="vae-t"}' in text
     )
     assert "latentserve_request_seconds_bucket" in text
+    assert "latentserve_expensive_paused_seconds " in text  # the lanes' cooperative pauses
 
 
 def test_openapi_documents_every_operation_with_examples(client: TestClient) -> None:

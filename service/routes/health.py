@@ -65,4 +65,5 @@ async def ready(state: State) -> JSONResponse:
 async def metrics(state: State) -> Response:
     """Requests by route/model/status, latency, batch sizes, queue depth, model load times."""
     state.metrics.queue_depth.set(state.engine.depth + state.operations.expensive.depth)
+    state.metrics.expensive_paused.set(state.operations.expensive.paused_s)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
