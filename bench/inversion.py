@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from training.metrics import psnr
+
 from .__main__ import RESULTS, ROOT, free_port, server
 
 MODELS = ("gan-fashion", "cgan-fashion")
@@ -49,9 +51,8 @@ def measure(client: httpx.Client, base: str, name: str, method: str, images: np.
         r = client.post(f"{base}/v1/models/{name}/reconstruct?format=array&inversion={method}",
                         content=body, headers=headers)  # fmt: skip
         r.raise_for_status()
-        out = np.asarray(r.json()["image"], dtype=np.float64).reshape(-1)
-        mse = max(float(((out - image.reshape(-1) / 255.0) ** 2).mean()), 1e-10)
-        psnrs.append(-10 * np.log10(mse))
+        out = np.asarray(r.json()["image"], dtype=np.float64).reshape(1, -1)
+        psnrs.append(float(psnr(out, image.reshape(1, -1) / 255.0)[0]))
     q = statistics.quantiles(encode_ms, n=10) if len(encode_ms) > 1 else encode_ms * 9
     return {"images": len(images), "p50_ms": statistics.median(encode_ms), "p90_ms": q[8],
             "psnr": float(np.mean(psnrs))}  # fmt: skip

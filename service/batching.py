@@ -93,6 +93,13 @@ def split_rows(out: Output, sizes: Sequence[int]) -> list[Output]:
     return [tuple(p[i] for p in parts) for i in range(len(sizes))]
 
 
+def join_rows(parts: Sequence[Output]) -> Output:
+    """The inverse of ``split_rows``: outputs of consecutive row ranges -> one output."""
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)  # type: ignore[arg-type]
+    return tuple(torch.cat(columns) for columns in zip(*parts, strict=True))
+
+
 class BatchEngine:
     def __init__(
         self,
@@ -317,9 +324,7 @@ class BatchEngine:
             if start:
                 self.give_way()
             parts.append(call(x[start : start + n]))
-        if isinstance(parts[0], torch.Tensor):
-            return torch.cat(parts)  # type: ignore[arg-type]
-        return tuple(torch.cat(columns) for columns in zip(*parts, strict=True))
+        return join_rows(parts)
 
     def _execute(self, group: list[_Item]) -> list[Output | BaseException]:
         """Runs on the inference thread."""
