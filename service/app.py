@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loading
             await asyncio.gather(engine.stop(), expensive.stop())
             operations.encoder.shutdown(wait=True)
+            operations.gifs.close()
 
     # FastAPI asks OpenTelemetry for its global providers on every request unless told not
     # to (three environment lookups each time, ~6% of the event loop's time in the profile)

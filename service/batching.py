@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -132,12 +133,14 @@ class BatchEngine:
         self.pause_s = pause_s
         self.slice_rows = slice_rows
         self.paused_s = 0.0  # total time given way, for /metrics and the benchmarks
+        self._paused_lock = threading.Lock()  # the lane's thread and the reply encoder's add
         self._pending: collections.deque[_Item] = collections.deque()
         self._ready = threading.Condition()  # guards _pending and _stopping
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._busy = False
+        self._last_batch_end = -math.inf  # time.perf_counter() when the last batch finished
 
     @property
     def depth(self) -> int:
@@ -203,17 +206,40 @@ class BatchEngine:
         """Requests queued or a batch running."""
         return self._busy or bool(self._pending)
 
+    def active_within(self, window_s: float) -> bool:
+        """Work queued or running, or a batch finished less than ``window_s`` ago: under
+        load the queue is empty for moments between batches, while the event loop parses
+        the next requests."""
+        return self.has_work or time.perf_counter() - self._last_batch_end < window_s
+
     def give_way(self) -> None:
         """On this lane's thread, at a slice boundary: sleep (releasing the interpreter lock)
-        while the lane it yields to has work, for at most ``pause_s``."""
+        for ``pause_s`` while the lane it yields to is active (``active_within(pause_s)``),
+        less if that lane falls idle."""
         other = self.yield_to
-        if other is None or not self.pause_s or not other.has_work:
+        if other is None or not self.pause_s or not other.active_within(self.pause_s):
             return
         started = time.perf_counter()
         end = started + self.pause_s
-        while other.has_work and time.perf_counter() < end:
+        while other.active_within(self.pause_s) and time.perf_counter() < end:
             time.sleep(0.0005)
-        self.paused_s += time.perf_counter() - started
+        with self._paused_lock:
+            self.paused_s += time.perf_counter() - started
+
+    def pacer(self) -> Callable[[], None]:
+        """For this lane's work on another thread (a GIF or a large reply being encoded),
+        called often: gives way (``give_way``) once ``pause_s`` of work has passed since it
+        last did, so that work gets at most about half the interpreter lock while the lane
+        this one yields to has work, as a search does with its steps."""
+        last = time.perf_counter()
+
+        def pace() -> None:
+            nonlocal last
+            if time.perf_counter() - last >= self.pause_s:
+                self.give_way()
+                last = time.perf_counter()
+
+        return pace
 
     def _dropped(self, reason: str) -> None:
         if self.on_drop:
@@ -254,6 +280,7 @@ class BatchEngine:
                 finally:
                     _running.check = None
                     self._busy = False
+                    self._last_batch_end = time.perf_counter()
                 now = time.monotonic()
                 late = DeadlineExceeded("the deadline passed while the request was running")
                 self._deliver(

@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     )
     expensive_pause_ms: float = Field(
         4.0, ge=0, le=1000, description="at each slice boundary of expensive work (a search "
-        "step, a chunk of rows), wait up to this long while the cheap lane has work (0: never)",
+        "step, a chunk of rows; every as long of a large reply's encoding), wait this long "
+        "while the cheap lane is active, less if it falls idle (0: never)",
     )  # fmt: skip
     expensive_slice_rows: int = Field(
         32, ge=1, description="expensive calls of more rows run in chunks of this many, with a "

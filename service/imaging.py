@@ -21,13 +21,16 @@ import io
 import re
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.imaging import make_grid, to_mode, to_pil, to_uint8
+from models.imaging import make_grid, to_mode, to_uint8
+
+from .gif_worker import GifProcess, encode_gif
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "GIF", "WEBP", "BMP"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -259,15 +262,14 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def gif_bytes(frames: torch.Tensor, scale: int = 4, frame_ms: int = 80) -> bytes:
-    """Frames [T, C, H, W] -> an animated GIF that plays forward then back, looping."""
-    images = [to_pil(a) for a in to_uint8(frames)]
-    images = [
-        im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images
-    ]
-    sequence = images + images[-2:0:-1]
-    buffer = io.BytesIO()
-    sequence[0].save(
-        buffer, format="GIF", save_all=True, append_images=sequence[1:], duration=frame_ms, loop=0
-    )
-    return buffer.getvalue()
+def gif_bytes(
+    frames: torch.Tensor, scale: int = 4, frame_ms: int = 80,
+    encoder: GifProcess | None = None, pace: Callable[[], None] | None = None,
+) -> bytes:  # fmt: skip
+    """Frames [T, C, H, W] in [0, 1] -> an animated GIF that plays forward then back,
+    looping (``gif_worker.encode_gif``): in ``encoder``'s child process if given, else here,
+    calling ``pace`` between frames."""
+    pixels = to_uint8(frames)  # uint8 [T, H, W, C]
+    if encoder is not None:
+        return encoder.encode(pixels, scale, frame_ms, pace)
+    return encode_gif(pixels, scale, frame_ms, pace)

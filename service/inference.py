@@ -11,6 +11,7 @@ gives.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import contextlib
@@ -39,6 +40,7 @@ from .batching import (
 from .config import Settings
 from .context import CURRENT, RequestContext
 from .engines import EngineCall
+from .gif_worker import GifProcess
 from .problems import InvalidInput, NotSupported, TimedOut, TooManyRequests
 from .registry import LoadedModel
 
@@ -176,6 +178,9 @@ class Operations:
             1, "expensive-replies", initializer=lower_priority,
             initargs=(settings.expensive_lane_nice, "the reply encoder"),
         )  # fmt: skip
+        # GIFs are encoded in a child process: Pillow's GIF writer holds the interpreter
+        # lock throughout (gif_worker.py); started on the first GIF, or by warm_up
+        self.gifs = GifProcess(nice=settings.expensive_lane_nice)
         # each served model's calls and compiled methods (engines.py), made on first use; a
         # reload makes a new LoadedModel, and the old one's go with it
         self._calls: weakref.WeakKeyDictionary[LoadedModel, dict[CallKey, ModelCall]] = (
@@ -289,7 +294,8 @@ class Operations:
         MB each: LATENTSERVE_TRACE_AT_START). The calls are exactly those requests make
         (``call``), read from the declaration. Returns how many calls are now traced. The
         batches queue like requests: traffic that arrives meanwhile waits behind at most
-        one of them."""
+        one of them. The GIF encoder's process starts here too."""
+        await asyncio.to_thread(self.gifs.start)
         if self.settings.engine == "torch":
             return 0
         traced: set[tuple[str, str]] = set()

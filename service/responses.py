@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from models.imaging import to_uint8
 
+from .gif_worker import GifProcess
 from .imaging import data_url, encode_png, gif_bytes, png_bytes
 
 MIME = {
@@ -53,11 +55,15 @@ def image_reply(
     compress_level: int,
     single: bool,
     extra: dict[str, Any] | None = None,
+    pace: Callable[[], None] | None = None,
+    gifs: GifProcess | None = None,
 ) -> Response:
     """Render named image batches (the first is the main result) in the chosen format;
     ``extra`` fields go into JSON replies only. A batch is float [B, C, H, W] in [0, 1],
     or uint8 pixels [B, H, W, C] (``Operations``' ``pixels=True``) for JSON replies and
-    for a PNG of one image."""
+    for a PNG of one image. ``pace``, if given, is called between frames and images: a
+    large reply encoded on another thread gives way to the cheap lane (``BatchEngine.pacer``);
+    a GIF is encoded by ``gifs``' child process if given."""
     main = next(iter(images.values()))
     pixels = main.dtype == torch.uint8
     if any(batch.dtype == torch.uint8 for batch in images.values()) and not (
@@ -77,13 +83,19 @@ def image_reply(
         )
         return Response(png, media_type="image/png", headers=headers)
     if fmt == "gif":
-        return Response(gif_bytes(main), media_type="image/gif", headers=headers)
+        return Response(
+            gif_bytes(main, encoder=gifs, pace=pace), media_type="image/gif", headers=headers
+        )
     body: dict[str, Any] = {**meta, **(extra or {})}
     for name, batch in images.items():
         if fmt == "array":
             value: Any = [img.tolist() for img in batch]
         else:
-            value = [data_url(encode_png(px, compress_level)) for px in _pixel_arrays(batch)]
+            value = []
+            for px in _pixel_arrays(batch):
+                if pace:
+                    pace()
+                value.append(data_url(encode_png(px, compress_level)))
         if single:
             body[name] = value[0]
         else:

@@ -189,3 +189,62 @@ def test_replies_from_batch_pixels_match_the_float_images(client: TestClient) ->
             h, w = expected.shape[1:3]
             np.testing.assert_array_equal(png_pixels[2 : 2 + h, 2 : 2 + w], expected[0].squeeze(-1))
         assert reply["shape"] == [expected.shape[3], *expected.shape[1:3]]
+
+
+def _gif_frames(data: bytes) -> np.ndarray:
+    gif = Image.open(io.BytesIO(data))
+    frames = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        frames.append(np.asarray(gif.convert("RGB")))
+    return np.stack(frames)
+
+
+def test_a_grey_gif_keeps_every_level_and_plays_forward_then_back() -> None:
+    torch.manual_seed(0)
+    frames = torch.rand(5, 1, 6, 7)
+    decoded = _gif_frames(imaging.gif_bytes(frames, scale=2))
+    assert decoded.shape == (5 + 3, 12, 14, 3)
+    expected = imaging.to_uint8(frames)[..., 0].repeat(2, axis=1).repeat(2, axis=2)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[:5, ..., channel], expected)
+    np.testing.assert_array_equal(decoded[5:], decoded[1:4][::-1])
+
+
+def test_a_colour_gif_is_quantised_close_to_its_frames() -> None:
+    frames = torch.zeros(3, 3, 4, 4)
+    frames[0, 0] = 1.0  # red, then green, then blue: a palette holds them exactly
+    frames[1, 1] = 1.0
+    frames[2, 2] = 1.0
+    decoded = _gif_frames(imaging.gif_bytes(frames, scale=1))
+    assert decoded.shape == (3 + 1, 4, 4, 3)
+    np.testing.assert_array_equal(decoded[:3], imaging.to_uint8(frames))
+
+
+def test_the_gif_process_encodes_as_the_thread_would_and_recovers_from_a_kill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.gif_worker import GifProcess, encode_gif
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 5, 6, 1), dtype=np.uint8)
+    gifs = GifProcess()
+    try:
+        assert gifs.encode(pixels, 3, 50) == encode_gif(pixels, 3, 50)
+        child = gifs._child
+        assert child is not None
+        child.kill()
+        child.wait()
+        assert gifs.encode(pixels, 2) == encode_gif(pixels, 2)  # a new child
+        assert gifs._child is not child and gifs.fallbacks == 0
+
+        def no_child() -> None:
+            raise OSError("no processes left")
+
+        gifs.close()
+        monkeypatch.setattr(gifs, "_start", no_child)
+        assert gifs.encode(pixels, 2) == encode_gif(pixels, 2)  # in this thread instead
+        assert gifs.fallbacks == 1
+    finally:
+        gifs.close()
+    with pytest.raises(ValueError, match="uint8"):
+        gifs.encode(pixels.astype(np.float32), 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -114,13 +115,17 @@ class Job:
         **meta: Any,
     ) -> Response:  # fmt: skip
         """The reply; a large one (a GIF, or more images than LATENTSERVE_EXPENSIVE_ROWS) is
-        encoded off the event loop: a 64-frame GIF held the loop for every other request."""
+        encoded off the event loop (a 64-frame GIF held the loop for every other request),
+        giving way to the cheap lane as the expensive lane's own work does."""
         level = self.state.settings.png_compress_level
         args = (self.fmt, images, self.meta(**meta), level, single, extra)
         rows = sum(len(v) for v in images.values())
         if self.fmt == "gif" or rows > self.state.settings.expensive_rows:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.state.operations.encoder, image_reply, *args)
+            operations = self.state.operations
+            encode = functools.partial(
+                image_reply, *args, pace=operations.expensive.pacer(), gifs=operations.gifs
+            )
+            return await asyncio.get_running_loop().run_in_executor(operations.encoder, encode)
         return image_reply(*args)
 
     async def one_image(
