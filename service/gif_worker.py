@@ -135,9 +135,7 @@ class GifProcess:
         return encode_gif(pixels, scale, frame_ms, pace)
 
     def _exchange(self, request: bytes) -> bytes:
-        child = self._child
-        if child is None or child.poll() is not None:
-            child = self._child = self._start()
+        child = self._running_child()
         assert child.stdin is not None and child.stdout is not None
         child.stdin.write(request)
         child.stdin.flush()
@@ -152,14 +150,19 @@ class GifProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
 
+    def _running_child(self) -> subprocess.Popen[bytes]:
+        """The child, started first if it is not running (with the lock held)."""
+        if self._child is None or self._child.poll() is not None:
+            self._child = self._start()
+        return self._child
+
     def start(self) -> None:
         """Start the child now (at service start), so the first GIF does not wait for it."""
         with self._lock:
-            if self._child is None or self._child.poll() is not None:
-                try:
-                    self._child = self._start()
-                except OSError as exc:
-                    log.warning("the GIF encoder process does not start (%s)", exc)
+            try:
+                self._running_child()
+            except OSError as exc:
+                log.warning("the GIF encoder process does not start (%s)", exc)
 
     def _stop_child(self) -> None:
         child, self._child = self._child, None

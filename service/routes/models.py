@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -122,7 +121,7 @@ class Job:
         rows = sum(len(v) for v in images.values())
         if self.fmt == "gif" or rows > self.state.settings.expensive_rows:
             operations = self.state.operations
-            encode = functools.partial(
+            encode = partial(
                 image_reply, *args, pace=operations.expensive.pacer(), gifs=operations.gifs
             )
             return await asyncio.get_running_loop().run_in_executor(operations.encoder, encode)
