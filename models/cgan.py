@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .base import LatentModel, check_code_shape, check_images, check_range, register
+from .base import ConfigError, LatentModel, check_code_shape, check_images, check_range, register
 from .blocks import stage_plan
 from .conditioning import ConditionalCode, check_class_names
 from .gan import GAN, Critic, GANConfig, Generator, make_inverter
@@ -40,6 +40,11 @@ class CGANConfig(GANConfig):
         super().__post_init__()
         self.class_names = check_class_names(self.class_names)
         check_range("aux_class_weight", self.aux_class_weight, 0.0, 100.0)
+        if self.class_guidance:
+            raise ConfigError(
+                "class_guidance is for the unconditional GAN; a cgan takes the class itself "
+                "(aux_class_weight adds the AC-GAN head)"
+            )
 
 
 class ProjectionCritic(nn.Module):
@@ -79,6 +84,7 @@ class ConditionalGAN(ConditionalCode, GAN):
         self.critic = ProjectionCritic(  # type: ignore[assignment]
             c, side, config.width, n, aux_classifier=config.aux_class_weight > 0
         )
+        self.class_head = None  # the class enters the projection instead (gan.py's guidance)
         self.inverter = make_inverter(self)  # predicts the whole code [z, class weights]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,13 @@ With ``inverter_width`` > 0 the artifact also holds an ``Inverter`` (a conv enco
 against the fixed generator by ``python -m training fit-inverter``), whose prediction a few
 refinement steps finish: the amortised inversion, milliseconds instead of a second.
 
+With ``class_guidance`` > 0 the training images' labels guide the unconditional generator,
+which still takes no class: the critic carries a class head trained on real images (as the
+AC-GAN's, cgan.py), and the generator is rewarded when that head is sure of each fake's class
+while its fakes' classes stay balanced (the two entropy terms of Springenberg's CatGAN, ICLR
+2016, "Unsupervised and Semi-supervised Learning with Categorical GANs", on the supervised
+head of Odena et al. 2017). This is what made cgan-fashion's samples recognisable.
+
 Why this recipe on 2 CPU cores: WGAN-GP needs a second backward pass through the critic for
 its gradient penalty (about 1.5-2x the cost of a step), and a plain DCGAN with the
 non-saturating loss is prone to collapse without careful tuning. Spectral norm + hinge costs
@@ -33,11 +40,13 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .base import (
+    ConfigError,
     LatentModel,
     ModelConfig,
     check_code_shape,
     check_images,
     check_positive,
+    check_range,
     register,
 )
 from .blocks import stage_plan
@@ -50,12 +59,20 @@ class GANConfig(ModelConfig):
     latent_dim: int = 64
     width: int = 32  # generator's last / critic's first conv width; doubles per stage
     inverter_width: int = 0  # the inverter's first conv width; 0: no inverter (inversion.py)
+    class_guidance: float = 0.0  # weight of the CatGAN class terms; 0: labels unused
+    label_classes: int = 0  # classes of the training labels (the trainer sets it)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "width")
         if self.inverter_width:
             check_positive(self, "inverter_width")
+        check_range("class_guidance", self.class_guidance, 0.0, 100.0)
+        if self.class_guidance and self.label_classes < 2:
+            raise ConfigError(
+                f"class_guidance needs the training labels' classes (label_classes >= 2), "
+                f"got {self.label_classes}"
+            )
 
 
 class Generator(nn.Module):
@@ -100,7 +117,8 @@ class Critic(nn.Module):
             layers += [nn.LeakyReLU(0.1)]
             c *= 2
         self.features = nn.Sequential(*layers)  # [B, c, small, small]
-        self.score = spectral_norm(nn.Linear(c * small * small, 1))
+        self.feature_size = c * small * small  # F: the flattened features
+        self.score = spectral_norm(nn.Linear(self.feature_size, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(x).flatten(1)).squeeze(1)
@@ -124,6 +142,12 @@ class GAN(LatentModel):
         c, side, _ = config.image_shape
         self.generator = Generator(config.latent_dim, c, side, config.width)
         self.critic = Critic(c, side, config.width)
+        # the class head of class guidance (training only; the generator takes no class)
+        self.class_head = (
+            nn.Linear(self.critic.feature_size, config.label_classes)
+            if config.class_guidance
+            else None
+        )
         self.inverter = make_inverter(self)
 
     @property
@@ -158,6 +182,25 @@ class GAN(LatentModel):
         """x [B, C, H, W] in [0, 1] -> critic score [B]."""
         check_images(self, x)
         return self.critic(x * 2 - 1)
+
+    def criticize_with_head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, C, H, W] in [0, 1] -> (critic score [B], class-head logits [B, classes]), from
+        one pass of the critic; only for a model trained with class guidance."""
+        check_images(self, x)
+        if self.class_head is None:
+            raise ValueError("this GAN has no class head (it was built without class_guidance)")
+        h = self.critic.features(x * 2 - 1).flatten(1)  # [B, F]
+        return self.critic.score(h).squeeze(1), self.class_head(h)
+
+    def guidance_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """The generator's CatGAN terms for fakes' class logits [B, classes]: the mean entropy
+        of each fake's class (low: every fake is clearly of one class) minus the entropy of
+        the batch's mean class distribution (high: the classes stay balanced), weighted."""
+        p = logits.softmax(1)  # [B, classes]
+        each = -(p * logits.log_softmax(1)).sum(1).mean()
+        mean = p.mean(0)
+        balance = -(mean * mean.clamp_min(1e-8).log()).sum()
+        return self.config.class_guidance * (each - balance)
 
     @staticmethod
     def critic_loss(real_score: torch.Tensor, fake_score: torch.Tensor) -> torch.Tensor:

@@ -351,3 +351,37 @@ def test_image_conv_transpose_matches_torch_without_gradients(
     trained = layer(x)  # with gradients: torch's own layer
     assert trained.requires_grad
     torch.testing.assert_close(trained.detach(), expected, atol=0, rtol=0)
+
+
+def test_gan_class_guidance_is_catgan_entropies_on_a_critic_head() -> None:
+    """Springenberg 2016's generator terms: mean per-fake class entropy minus the entropy of
+    the batch's mean class distribution, weighted; the head reads the critic's features."""
+    plain = tiny_model("gan")
+    assert plain.class_head is None
+    with pytest.raises(ValueError, match="no class head"):
+        plain.criticize_with_head(torch.rand(2, 1, 28, 28))
+    model = tiny_model("gan", class_guidance=0.5, label_classes=4)
+    x = torch.rand(3, 1, 28, 28)
+    score, logits = model.criticize_with_head(x)
+    assert logits.shape == (3, 4) and torch.allclose(score, model.criticize(x))
+    sure_and_balanced = torch.eye(4) * 1000  # each fake certain, the batch spread evenly
+    assert math.isclose(float(model.guidance_loss(sure_and_balanced)), -0.5 * math.log(4),
+                        rel_tol=1e-5)  # fmt: skip
+    one_class = torch.zeros(4, 4)
+    one_class[:, 0] = 1000  # certain, but all of one class: nothing to reward
+    assert abs(float(model.guidance_loss(one_class))) < 1e-5
+    undecided = torch.zeros(4, 4)  # balanced on average, but no fake is of any class
+    assert abs(float(model.guidance_loss(undecided))) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("family", "config", "message"),
+    [
+        ("gan", {"class_guidance": 1.0}, "label_classes >= 2\\), got 0"),
+        ("gan", {"class_guidance": -1.0, "label_classes": 3}, "class_guidance must be a number"),
+        ("cgan", {"class_guidance": 1.0, "label_classes": 3}, "for the unconditional GAN"),
+    ],
+)
+def test_class_guidance_configs_are_checked(family: str, config: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model(family, {**TINY[family], **config})

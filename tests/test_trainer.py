@@ -70,6 +70,24 @@ def test_cgan_trains_its_acgan_head(tmp_path: Path) -> None:
     assert last["d_class"] < first["d_class"] < 1.5  # log(4 classes) = 1.39 at chance
 
 
+def test_gan_class_guidance_trains_a_head_the_generator_never_takes(tmp_path: Path) -> None:
+    """--class-guidance: the critic's class head learns the real classes, the generator's
+    CatGAN terms are shown, and the model still generates from a class-free code."""
+    out = tmp_path / "gan"
+    code = main(["train", "--family", "gan", "--dataset", "synthetic", "--epochs", "2",
+                 "--steps-per-epoch", "25", "--batch-size", "32", "--width", "8", "--lr", "1e-3",
+                 "--class-guidance", "1", "--out", str(out), "--checkpoint-dir", str(tmp_path / "c")])  # fmt: skip
+    assert code == 0
+    model = load_model(out)
+    assert model.config.class_guidance == 1.0 and model.config.label_classes == 4
+    assert model.class_head is not None and model.latent_dim == 64
+    history = json.loads((out / "history.json").read_text())
+    first, last = history[0]["train"], history[-1]["train"]
+    assert {"d_class", "g_class"} <= set(last)
+    assert last["d_class"] < first["d_class"] < 1.5  # log(4 classes) = 1.39 at chance
+    assert last["g_class"] < 0  # fakes the head calls confidently, of spread classes
+
+
 def test_cvae_consistency_weight_is_trained_and_kept(tmp_path: Path) -> None:
     out = tmp_path / "cvae"
     code = main(["train", "--family", "cvae", "--dry-run", "--width", "4", "--consistency-weight", "3",

@@ -197,6 +197,12 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         help="cgan: weight of the AC-GAN auxiliary class loss (default 0: projection only)",
     )
     g.add_argument(
+        "--class-guidance",
+        type=non_negative_float,
+        help="gan: weight of the CatGAN class terms of a critic class head trained on the "
+        "labels (default 0: labels unused; the generator never takes a class)",
+    )
+    g.add_argument(
         "--lr-critic", type=positive_float, default=4e-4, help="gan: critic learning rate"
     )
     g.add_argument(

@@ -36,6 +36,8 @@ def model_config(args: argparse.Namespace, dataset: Dataset) -> dict[str, Any]:
             config[name] = value
     if "class_names" in fields:
         config["class_names"] = dataset.class_names
+    if "label_classes" in fields:  # a family that may learn from labels without taking them
+        config["label_classes"] = len(dataset.class_names)
     return config
 
 

@@ -1,4 +1,5 @@
-"""The GAN: hinge loss with a spectrally normalised critic (Miyato et al. 2018), scored by
+"""The GAN: hinge loss with a spectrally normalised critic (Miyato et al. 2018), optionally
+guided by the training labels (``--class-guidance``: models/gan.py), scored by
 the judge's class shares, Frechet distance on its features, and inversion PSNR."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
 
 from models import LatentModel
 from models.gan import GAN
@@ -23,13 +25,14 @@ class GANRecipe(Recipe):
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = (0.0, 0.9)
+        critic = list(self.model.critic.parameters())
+        if getattr(self.model, "class_head", None) is not None:  # class guidance's head
+            critic += list(self.model.class_head.parameters())  # type: ignore[union-attr]
         return {
             "generator": torch.optim.Adam(
                 self.model.generator.parameters(), lr=self.args.lr, betas=betas
             ),
-            "critic": torch.optim.Adam(
-                self.model.critic.parameters(), lr=self.args.lr_critic, betas=betas
-            ),
+            "critic": torch.optim.Adam(critic, lr=self.args.lr_critic, betas=betas),
         }
 
     def latents(self, n: int, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -43,14 +46,25 @@ class GANRecipe(Recipe):
     def critic_objective(
         self, m: GAN, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The critic's loss ("d_loss") and any terms to show beside it."""
-        return {"d_loss": GAN.critic_loss(self.score(m, real, y), self.score(m, fake, y))}
+        """The critic's loss ("d_loss") and any terms to show beside it; with class guidance,
+        plus the class head's cross-entropy on the real images (it learns the classes)."""
+        if m.class_head is None:
+            return {"d_loss": GAN.critic_loss(self.score(m, real, y), self.score(m, fake, y))}
+        real_score, logits = m.criticize_with_head(real)
+        head = m.config.class_guidance * F.cross_entropy(logits, y)
+        loss = GAN.critic_loss(real_score, self.score(m, fake, y)) + head
+        return {"d_loss": loss, "d_class": head.detach()}
 
     def generator_objective(
         self, m: GAN, fake: torch.Tensor, y: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The generator's loss ("g_loss") and any terms to show beside it."""
-        return {"g_loss": GAN.generator_loss(self.score(m, fake, y))}
+        """The generator's loss ("g_loss") and any terms to show beside it; with class
+        guidance, plus the CatGAN terms of the class head's view of the fakes."""
+        if m.class_head is None:
+            return {"g_loss": GAN.generator_loss(self.score(m, fake, y))}
+        fake_score, logits = m.criticize_with_head(fake)
+        guide = m.guidance_loss(logits)
+        return {"g_loss": GAN.generator_loss(fake_score) + guide, "g_class": guide.detach()}
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
