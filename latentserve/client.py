@@ -412,13 +412,11 @@ class Calls:
     @staticmethod
     def generate(
         model: str, n: int = 8, seed: int | None = None, temperature: float = 1.0,
-        class_: int | str | None = None,
+        class_: int | str | None = None, sampler: str | None = None, steps: int | None = None,
     ) -> Call[Images]:  # fmt: skip
         body: dict[str, Any] = {"n": n, "temperature": temperature}
-        if seed is not None:
-            body["seed"] = seed
-        if class_ is not None:
-            body["class"] = class_
+        optional = {"seed": seed, "class": class_, "sampler": sampler, "steps": steps}
+        body.update({k: v for k, v in optional.items() if v is not None})
         return Call("POST", _op(model, "generate"), _images("images"), {"format": "array"}, json=body)  # fmt: skip
 
     @staticmethod
@@ -599,9 +597,11 @@ class Client(_Base):
 
     def generate(
         self, model: str, n: int = 8, *, seed: int | None = None, temperature: float = 1.0,
-        class_: int | str | None = None,
+        class_: int | str | None = None, sampler: str | None = None, steps: int | None = None,
     ) -> Images:  # fmt: skip
-        return self.run(Calls.generate(model, n, seed, temperature, class_))
+        """n images; ``sampler`` and ``steps`` for a model with more than one way (a dae's
+        GSN ``chain``)."""
+        return self.run(Calls.generate(model, n, seed, temperature, class_, sampler, steps))
 
     def interpolate(
         self, model: str, a: ImageInput | None = None, b: ImageInput | None = None, *,
@@ -706,9 +706,11 @@ class AsyncClient(_Base):
 
     async def generate(
         self, model: str, n: int = 8, *, seed: int | None = None, temperature: float = 1.0,
-        class_: int | str | None = None,
+        class_: int | str | None = None, sampler: str | None = None, steps: int | None = None,
     ) -> Images:  # fmt: skip
-        return await self.run(Calls.generate(model, n, seed, temperature, class_))
+        """n images; ``sampler`` and ``steps`` for a model with more than one way (a dae's
+        GSN ``chain``)."""
+        return await self.run(Calls.generate(model, n, seed, temperature, class_, sampler, steps))
 
     async def interpolate(
         self, model: str, a: ImageInput | None = None, b: ImageInput | None = None, *,
@@ -796,6 +798,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--class", dest="class_", help="conditional models: a class name or index")
+    g.add_argument("--sampler", help="a model with more than one way: e.g. a dae's chain")
+    g.add_argument("--steps", type=int, help="a chain sampler's steps")
     i = command("interpolate", "frames between two images or two seeds", image=False)
     i.add_argument("--images", nargs=2, type=Path, metavar=("A", "B"))
     i.add_argument("--seeds", nargs=2, type=int, metavar=("A", "B"))
@@ -826,7 +830,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 case "denoise":
                     result = ls.denoise(args.model, args.image, noise=args.noise, level=args.level)
                 case "generate":
-                    result = ls.generate(args.model, args.n, seed=args.seed, temperature=args.temperature, class_=args.class_)  # fmt: skip
+                    result = ls.generate(args.model, args.n, seed=args.seed, temperature=args.temperature,
+                                         class_=args.class_, sampler=args.sampler, steps=args.steps)  # fmt: skip
                 case "interpolate":
                     if (args.images is None) == (args.seeds is None):
                         raise SystemExit("interpolate: give --images A B or --seeds A B")

@@ -115,6 +115,33 @@ class LatentModel(nn.Module):
     #: codes (models/latent_density.py; Ghosh et al. 2020), attached by load_model
     fits_latent_density: ClassVar[bool] = False
     latent_density: GaussianMixture | None = None
+    #: a family with more than one way to generate: each by the name a request's ``sampler``
+    #: gives, the one it declares as ``generate`` among them; a fitted latent density adds
+    #: "latent" (and becomes the default). Empty: one way, nothing to choose
+    samplers: ClassVar[dict[str, Op]] = {}
+
+    @property
+    def sampler_names(self) -> tuple[str, ...]:
+        """The named ways this model generates, its ``generate`` first; () for a model that
+        generates one way only (or not at all)."""
+        names = tuple(type(self).samplers)
+        if names and self.latent_density is not None:
+            return ("latent", *names)
+        return names
+
+    def sampler(self, name: str | None) -> Op:
+        """The declaration of generating by sampler ``name`` (None: the model's ``generate``).
+        Raises ValueError naming the samplers the model has."""
+        if name is None:
+            if "generate" not in self.operations:
+                raise self._unsupported("generate")
+            return self.operations["generate"]
+        if name not in self.sampler_names:
+            has = ", ".join(self.sampler_names) or "one sampler only; leave sampler out"
+            raise ValueError(
+                f"sampler: {self.family} models have no sampler {name!r} (they have: {has})"
+            )
+        return self.operations["generate"] if name == "latent" else type(self).samplers[name]
 
     @property
     def inversion_methods(self) -> tuple[str, ...]:

@@ -9,6 +9,11 @@ told neither.
 
 ``corrupt`` lives here (not in the trainer) because the service uses it too, to let a
 front end demonstrate denoising on a clean upload.
+
+A denoising autoencoder also generates, as a generative stochastic network: the Markov chain
+corrupt, denoise, repeat (Bengio, Yao, Alain & Vincent 2013; the chain is gsn.py's). That is
+its ``chain`` sampler; with a latent density fitted to its codes it also has ``latent``, the
+other autoencoders' way (latent_density.py), which is then the default.
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ import torch
 
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .base import ConfigError, check_range, register
+from .gibbs import chain_uniform, seed_chains, shared_uniform
+from .gsn import ChainRun, Corruption, gsn_chains
+from .operations import Op, SearchBudget
 
 NOISE_KINDS = ("gaussian", "salt_pepper", "mask")
+CHAIN_STEPS = 100  # steps of a chain when nobody says (the service's LATENTSERVE_CHAIN_STEPS)
+CHAIN_FRAMES = 40  # the states of a chain its GIF shows, evenly spaced from start to end
 
 
 def corrupt(
@@ -90,12 +100,63 @@ class DenoisingConfig(AutoencoderConfig):
         )
 
 
+CHAIN = Op("sample_chain", prepare="chain_seeds", search=True, takes_steps=True,
+           frames="chain_frames")  # fmt: skip
+
+
 @register
 class DenoisingAutoencoder(Autoencoder):
     family = "dae"
     config_class = DenoisingConfig
+    operations = {**Autoencoder.operations, "generate": CHAIN}
+    samplers = {"chain": CHAIN}
     example_config = {"latent_dim": 4, "width": 4}
     config: DenoisingConfig
+
+    @property
+    def corruption(self) -> Corruption:
+        """The chain's C(x~ | x): the training corruption (kinds, odds, largest levels)."""
+        kinds = self.config.noise_kinds
+        probs = self.config.noise_probs or (1.0,) * len(kinds)
+        return Corruption(kinds, tuple(probs), tuple(self.config.level_max(k) for k in kinds))
+
+    def chain_seeds(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One (seed, temperature) per chain [n, 2] (gibbs.seed_chains); ``temperature``
+        scales the corruption's levels."""
+        self.check_draw(n, labels)
+        return seed_chains(n, generator, temperature)
+
+    def sample_chain(self, seeds: torch.Tensor, budget: SearchBudget | None = None) -> torch.Tensor:
+        """seeds [n, 2] -> each chain's state after ``budget.steps`` steps [n, C, H, W]."""
+        return self._chains(seeds, budget, frames=0).images
+
+    def chain_frames(self, seeds: torch.Tensor, budget: SearchBudget | None = None) -> torch.Tensor:
+        """seeds [n, 2] -> CHAIN_FRAMES states of each chain, start to end [n, F, C, H, W]."""
+        frames = self._chains(seeds, budget, frames=CHAIN_FRAMES).frames
+        assert frames is not None
+        return frames
+
+    def sample_many(
+        self, n: int, generator: torch.Generator, steps: int = CHAIN_STEPS
+    ) -> torch.Tensor:
+        """``n`` images [n, C, H, W] by the same chains, all drawing from one generator: the
+        evaluator's thousands of samples, fast; a chain's image then depends on its batch."""
+        temperatures = torch.ones(n)
+        return gsn_chains(self.reconstruct, self.corruption, self.image_shape, temperatures,
+                          steps, shared_uniform(n, generator)).images  # fmt: skip
+
+    def _chains(self, seeds: torch.Tensor, budget: SearchBudget | None, frames: int) -> ChainRun:
+        uniform, temperatures = chain_uniform(seeds)
+        steps = budget.steps if budget is not None else CHAIN_STEPS
+        stop = budget.stop if budget is not None else None
+        return gsn_chains(self.reconstruct, self.corruption, self.image_shape, temperatures,
+                          steps, uniform, stop, frames)  # fmt: skip
 
     def corrupt_for_training(
         self, x: torch.Tensor, generator: torch.Generator | None = None

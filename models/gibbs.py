@@ -57,6 +57,25 @@ def shared_uniform(n: int, generator: torch.Generator | None = None) -> Uniform:
     return lambda size: torch.rand(n, size, generator=generator)
 
 
+def seed_chains(n: int, generator: torch.Generator | None, temperature: float) -> torch.Tensor:
+    """One (seed, temperature) per chain [n, 2] (float64: a seed below 2^31 is exact), drawn
+    from a request's ``generator``: each chain then draws its own randomness
+    (``per_chain_uniform``), so it gives the same image whatever it is batched with."""
+    if not 0 < temperature <= 10:
+        raise ValueError(f"a chain samples at a temperature in (0, 10], got {temperature}")
+    seeds = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64)
+    return torch.stack(
+        [seeds.to(torch.float64), torch.full((n,), float(temperature), dtype=torch.float64)], 1
+    )
+
+
+def chain_uniform(seeds: torch.Tensor) -> tuple[Uniform, torch.Tensor]:
+    """Chain seeds [n, 2] (``seed_chains``) -> (each chain's own uniforms, temperatures [n])."""
+    if seeds.ndim != 2 or seeds.shape[1] != 2:
+        raise ValueError(f"expected chain seeds of shape [n, 2], got {list(seeds.shape)}")
+    return per_chain_uniform([int(s) for s in seeds[:, 0]]), seeds[:, 1].to(torch.float32)
+
+
 @torch.no_grad()
 def gibbs_chains(
     rbm: BoltzmannMachine,

@@ -60,6 +60,10 @@ class Op:
     #: False for a method the service always calls with arguments (a VAE's likelihood takes
     #: samples=): a trace has none, so none is made
     trace: bool = True
+    #: a chain sampler: ``budget.steps`` is its length (a request's ``steps``)
+    takes_steps: bool = False
+    #: a chain sampler: the method that returns its frames [n, F, C, H, W] (for a GIF)
+    frames: str | None = None
 
     @property
     def traceable(self) -> bool:
@@ -213,8 +217,16 @@ def check_declaration(cls: type, ops: dict[str, Op], example_config: dict[str, A
         raise DeclarationError(
             f"family {name!r}: unknown operations {unknown}; the API has {list(OPERATIONS)}"
         )
-    for operation, op in ops.items():
-        for method in (op.method, op.prepare):
+    samplers = getattr(cls, "samplers", {})
+    if not isinstance(samplers, dict) or not all(isinstance(op, Op) for op in samplers.values()):
+        raise DeclarationError(f"family {name!r}: samplers must be a dict of name -> Op")
+    if "latent" in samplers:
+        raise DeclarationError(f"family {name!r}: sampler 'latent' is the fitted density's name")
+    if samplers and ops.get("generate") not in samplers.values():
+        raise DeclarationError(f"family {name!r}: generate must be one of its samplers")
+    named = [*ops.items(), *(("generate", op) for op in samplers.values())]
+    for operation, op in named:
+        for method in (op.method, op.prepare, op.frames):
             if method is not None and not callable(getattr(cls, method, None)):
                 raise DeclarationError(
                     f"family {name!r}: {operation} names {cls.__name__}.{method}, which does not exist"
@@ -223,9 +235,14 @@ def check_declaration(cls: type, ops: dict[str, Op], example_config: dict[str, A
             raise DeclarationError(
                 f"family {name!r}: {operation}: only generate has (and needs) prepare=..."
             )
-        if op.search and "budget" not in inspect.signature(getattr(cls, op.method)).parameters:
+        for method in filter(None, (op.method, op.frames)):
+            if op.search and "budget" not in inspect.signature(getattr(cls, method)).parameters:
+                raise DeclarationError(
+                    f"family {name!r}: {operation} is a search, so {method} must take budget="
+                )
+        if (op.takes_steps or op.frames) and not op.search:
             raise DeclarationError(
-                f"family {name!r}: {operation} is a search, so {op.method} must take budget="
+                f"family {name!r}: {operation}: a chain (takes_steps, frames) runs as a search"
             )
         if operation == "encode" and not set(op.returns) <= ENCODE_RETURNS:
             raise DeclarationError(

@@ -33,8 +33,9 @@ from torch import nn
 from .base import LatentModel, ModelConfig, check_code_shape, check_images, check_positive, register
 from .gibbs import (
     Uniform,
+    chain_uniform,
     gibbs_chains,
-    per_chain_uniform,
+    seed_chains,
     shared_uniform,
     tempered_chains,
     tempering_betas,
@@ -138,22 +139,13 @@ class RBM(LatentModel):
         temperature: float = 1.0,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One (seed, temperature) per chain [n, 2]: each chain draws its own randomness, so a
-        chain gives the same image whatever it is batched with."""
+        """One (seed, temperature) per chain [n, 2] (gibbs.seed_chains)."""
         self.check_draw(n, labels)
-        if not 0 < temperature <= 10:
-            raise ValueError(f"an RBM samples at a temperature in (0, 10], got {temperature}")
-        seeds = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64)
-        return torch.stack(
-            [seeds.to(torch.float64), torch.full((n,), float(temperature), dtype=torch.float64)], 1
-        )
+        return seed_chains(n, generator, temperature)
 
     def sample_gibbs(self, seeds: torch.Tensor, budget: SearchBudget | None = None) -> torch.Tensor:
         """seeds [n, 2] (chain_seeds) -> the last step's p(v = 1 | h) as images [n, C, H, W]."""
-        if seeds.ndim != 2 or seeds.shape[1] != 2:
-            raise ValueError(f"expected chain seeds of shape [n, 2], got {list(seeds.shape)}")
-        uniform = per_chain_uniform([int(s) for s in seeds[:, 0]])
-        temperatures = seeds[:, 1].to(torch.float32)
+        uniform, temperatures = chain_uniform(seeds)
         return self.run_chains(temperatures, uniform, budget.stop if budget else None)
 
     def sample_many(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     )
     max_n: int = Field(256, ge=1, le=4096, description="largest n for generate")
     max_steps: int = Field(64, ge=2, le=1024, description="largest steps for interpolate")
+    chain_steps: int = Field(
+        100, ge=1, le=100_000, description="steps of a chain sampler (a denoising "
+        "autoencoder's GSN chain) when a generate request gives none",
+    )  # fmt: skip
+    max_chain_steps: int = Field(
+        1000, ge=1, le=100_000, description="largest steps a generate request may ask of a chain"
+    )
     # likelihood and anomaly (service/density.py)
     likelihood_samples: int = Field(
         1, ge=1, le=100_000, description="default importance samples K of a VAE's likelihood "

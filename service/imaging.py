@@ -219,6 +219,14 @@ def png_bytes(x: torch.Tensor, compress_level: int = 0) -> bytes:
     return encode_png(to_uint8(x.reshape(1, *x.shape[-3:]))[0], compress_level)
 
 
+def grid_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] in [0, 1] -> one grid of them [C, H', W'] (``make_grid``'s), e.g.
+    one frame of an animation of B chains."""
+    arr = np.asarray(make_grid(x), dtype=np.float32) / 255  # [H', W'] or [H', W', 3]
+    grid = torch.from_numpy(arr)
+    return grid.unsqueeze(0) if grid.ndim == 2 else grid.permute(2, 0, 1)
+
+
 def encode_png(arr: np.ndarray, compress_level: int = 0) -> bytes:
     """uint8 [H, W] or [H, W, C] (C = 1 or 3) -> an 8-bit greyscale or RGB PNG.
 

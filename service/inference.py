@@ -45,7 +45,8 @@ from .problems import InvalidInput, NotSupported, TimedOut, TooManyRequests
 from .registry import LoadedModel
 
 log = logging.getLogger("latentserve.inference")
-CallKey = tuple[str, bool, tuple[tuple[str, int | str], ...]]  # operation, pixels, options
+# operation, method, pixels, options
+CallKey = tuple[str, str, bool, tuple[tuple[str, int | str], ...]]
 
 
 def new_seed() -> int:
@@ -205,14 +206,17 @@ class Operations:
         return traces[method]
 
     def call(
-        self, lm: LoadedModel, operation: str, pixels: bool = False, **options: int | str
-    ) -> ModelCall:
-        """The batched call for a declared operation (``generate`` runs its ``method``); with
-        ``pixels``, images come back as uint8 [n, H, W, C], converted once per batch on the
-        inference thread (per request on the event loop it was ~5% of the loop's time).
-        ``options`` are keyword arguments of the method (``samples``), or of a search's
-        budget (``method``): calls with different options never share a batch."""
-        key = (operation, pixels, tuple(sorted(options.items())))
+        self, lm: LoadedModel, operation: str, pixels: bool = False, op: Op | None = None,
+        **options: int | str,
+    ) -> ModelCall:  # fmt: skip
+        """The batched call for a declared operation (``generate`` runs its ``method``), or
+        for ``op`` where the request chose one (a sampler); with ``pixels``, images come back
+        as uint8 [n, H, W, C], converted once per batch on the inference thread (per request
+        on the event loop it was ~5% of the loop's time). ``options`` are keyword arguments
+        of the method (``samples``), or of a search's budget (``method``, ``steps``): calls
+        with different options never share a batch."""
+        op = op or self._declared(lm, operation)
+        key = (operation, op.method, pixels, tuple(sorted(options.items())))
         calls = self._calls.get(lm)  # get, not setdefault: that makes a weakref per call
         if calls is not None:
             found = calls.get(key)
@@ -220,7 +224,6 @@ class Operations:
                 return found
         else:
             calls = self._calls[lm] = {}
-        op = self._declared(lm, operation)
         fn: BatchFn
         if op.search:  # iterative: never traced, run with the settings' budget
             budget = dataclasses.replace(self.budget, **options)  # type: ignore[arg-type]
@@ -231,7 +234,7 @@ class Operations:
             fn = self.compiled(lm, op.method)
         if pixels:
             fn = partial(_as_pixels, fn)
-        calls[key] = ModelCall(lm, operation, op.method, pixels, fn, op.search, key[2])
+        calls[key] = ModelCall(lm, operation, op.method, pixels, fn, op.search, key[3])
         return calls[key]
 
     @staticmethod
@@ -246,10 +249,11 @@ class Operations:
 
     async def run(
         self, lm: LoadedModel, operation: str, x: torch.Tensor, pixels: bool = False,
-        **options: int | str,
+        op: Op | None = None, **options: int | str,
     ) -> Output:  # fmt: skip
-        """The declared call on ``x``, in its lane, by the request's deadline (context.py)."""
-        call = self.call(lm, operation, pixels, **options)
+        """The declared call (or ``op``) on ``x``, in its lane, by the request's deadline
+        (context.py)."""
+        call = self.call(lm, operation, pixels, op, **options)
         s = self.settings
         expensive = call.search or len(x) * call.cost > s.expensive_rows
         engine = self.expensive if expensive else self.engine
@@ -330,7 +334,7 @@ class Operations:
         out = wrap_output(
             "encode",
             self._declared(lm, "encode"),
-            await self.run(lm, "encode", x, False, **options),
+            await self.run(lm, "encode", x, False, None, **options),
         )
         assert isinstance(out, EncodeOutput)
         return out
@@ -356,7 +360,7 @@ class Operations:
         """x [B, C, H, W] -> log p(x) in nats [B], or the bound or estimate the model's
         ``density`` names; ``samples`` (families whose density takes them) sets K."""
         options = {} if samples is None else {"samples": samples}
-        return _tensor(await self.run(lm, "likelihood", x, False, **options))
+        return _tensor(await self.run(lm, "likelihood", x, False, None, **options))
 
     async def classify(self, lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] -> class probabilities [B, classes]."""
@@ -380,15 +384,58 @@ class Operations:
         temperature: float,
         label: int | None = None,
         pixels: bool = False,
+        sampler: str | None = None,
+        steps: int | None = None,
+        frames: bool = False,
     ) -> torch.Tensor:
         """n images through the model's own sampling: its ``prepare`` draws this request's
-        randomness from its seed, its ``method`` runs batched with other requests."""
-        op = self._declared(lm, "generate")
+        randomness from its seed, its ``method`` runs batched with other requests.
+        ``sampler`` picks one of the model's ways (None: its default), ``steps`` a chain's
+        length (None: LATENTSERVE_CHAIN_STEPS); with ``frames`` a chain's states instead,
+        [n, F, C, H, W]. InvalidInput when the model has no such sampler, or ``steps`` or
+        ``frames`` mean nothing to it."""
+        op = self.sampler(lm, sampler, steps, frames)
         assert op.prepare is not None  # checked when the family registered
         labels = None if label is None else torch.full((n,), label, dtype=torch.long)
         g = torch.Generator().manual_seed(seed)
         drawn = getattr(lm.model, op.prepare)(n, g, temperature, labels)
-        return _tensor(await self.run(lm, "generate", drawn, pixels))
+        options = {"steps": steps or self.settings.chain_steps} if op.takes_steps else {}
+        return _tensor(await self.run(lm, "generate", drawn, pixels, op, **options))
+
+    def sampler(
+        self, lm: LoadedModel, name: str | None, steps: int | None = None, frames: bool = False
+    ) -> Op:
+        """The declaration a generate request runs (frames: the chain's frames method)."""
+        self._declared(lm, "generate")
+        try:
+            op = lm.model.sampler(name)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        which = f"sampler {name!r}" if name else "its default sampler"
+        if steps is not None and not op.takes_steps:
+            raise InvalidInput(
+                f"steps: model {lm.name!r} generates by {which}, which is not a chain; "
+                "leave steps out (chains: " + (", ".join(self.chains(lm)) or "none") + ")"
+            )
+        if steps is not None and steps > self.settings.max_chain_steps:
+            raise InvalidInput(
+                f"steps: at most {self.settings.max_chain_steps} (LATENTSERVE_MAX_CHAIN_STEPS), "
+                f"got {steps}"
+            )
+        if frames:
+            if op.frames is None:
+                raise InvalidInput(
+                    f"format=gif: model {lm.name!r} generates by {which}, which has no frames "
+                    "to animate; a chain sampler has (" + (", ".join(self.chains(lm)) or
+                    "this model has none") + "), or ask for png or json"
+                )  # fmt: skip
+            op = dataclasses.replace(op, method=op.frames)
+        return op
+
+    @staticmethod
+    def chains(lm: LoadedModel) -> list[str]:
+        """The model's samplers that run a chain (take ``steps``, animate as a GIF)."""
+        return [name for name in lm.model.sampler_names if lm.model.sampler(name).takes_steps]
 
     async def interpolate(
         self, lm: LoadedModel, za: torch.Tensor, zb: torch.Tensor, steps: int, method: str

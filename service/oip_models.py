@@ -301,7 +301,9 @@ async def _generate(ops: Operations, lm: LoadedModel, x: Inputs, p: Any) -> dict
         raise ProtocolError(f"n: at most {ops.settings.max_n} (LATENTSERVE_MAX_N), got {p.n}")
     label = class_index(lm, p.class_, "class")
     seed = p.seed if p.seed is not None else new_seed()
-    images = await ops.generate(lm, p.n, seed, p.temperature, label)
+    images = await ops.generate(
+        lm, p.n, seed, p.temperature, label, sampler=p.sampler, steps=p.steps
+    )
     return {"image": images, "seed": np.array([seed], dtype=np.int64)}
 
 

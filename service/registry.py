@@ -89,6 +89,7 @@ class LoadedModel:
             "latent_dim": self.model.latent_dim,
             "operations": self.operations,
             "inversion": list(self.model.inversion_methods),
+            "samplers": list(self.model.sampler_names),
             "parameters": self.model.parameter_count(),
             "class_names": self.class_names,
             "conditional": self.model.conditional,

@@ -27,6 +27,10 @@ class ModelDescription(BaseModel):
     inversion: list[str] = Field(
         description="how encode searches for a code (GANs: amortised, optimisation), default first"
     )
+    samplers: list[str] = Field(
+        description="the ways generate can sample (its sampler parameter), default first; "
+        "empty for a model with one way"
+    )
     parameters: int
     class_names: list[str]
     conditional: bool
@@ -109,6 +113,7 @@ class GenerateReply(ImagesReply):
     seed: int
     temperature: float
     class_: str | None = Field(None, alias="class", description="conditional models")
+    sampler: str | None = Field(None, description="the sampler the request chose, if it chose")
 
 
 class ClassifyReply(Timed):

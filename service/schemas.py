@@ -99,6 +99,16 @@ class GenerateParams(Params):
         alias="class",
         description="class-conditional models: the class to draw, by name or index (random if absent)",
     )
+    sampler: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="how to generate, for a model with more than one way (GET /v1/models/"
+        "{name} lists its samplers, default first): a dae's 'chain' (its GSN Markov chain) "
+        "or 'latent' (its fitted latent density)",
+    )  # fmt: skip
+    steps: int | None = Field(
+        None, ge=1, description="a chain sampler's steps (LATENTSERVE_CHAIN_STEPS if absent, "
+        "at most LATENTSERVE_MAX_CHAIN_STEPS)",
+    )  # fmt: skip
 
 
 OutputFormat = Literal["json", "array", "png", "gif"]

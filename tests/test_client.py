@@ -111,6 +111,11 @@ def test_numbers_match_the_raw_rest_replies(live_url: str) -> None:
         raw = httpx.post(f"{live_url}/v1/models/gan-t/generate?format=array",
                          json={"n": 4, "seed": 11, "temperature": 0.7}).json()  # fmt: skip
         np.testing.assert_array_equal(got.array, np.array(raw["images"], np.float32))
+        chains = ls.generate("dae-t", 2, seed=3, sampler="chain", steps=4)
+        raw = httpx.post(f"{live_url}/v1/models/dae-t/generate?format=array",
+                         json={"n": 2, "seed": 3, "sampler": "chain", "steps": 4}).json()  # fmt: skip
+        np.testing.assert_array_equal(chains.array, np.array(raw["images"], np.float32))
+        assert chains.meta["sampler"] == "chain"
         z = ls.encode("ae-t", IMAGE).latent
         raw_z = httpx.post(f"{live_url}/v1/models/ae-t/encode", content=IMAGE,
                            headers={"Content-Type": "image/png"}).json()["latent"]  # fmt: skip

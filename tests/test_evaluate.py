@@ -53,6 +53,10 @@ def test_evaluate_writes_metrics_into_the_card(artifacts: Path, family: str) -> 
         assert set(metrics["baselines"]) >= {"non-local means sigma 0.1", "gaussian blur sigma 0.5"}
         # the corrupted input is worse at higher noise
         assert metrics["psnr_noisy_input_0.1"] > metrics["psnr_noisy_input_0.5"]
+        chain = metrics["chain"]  # the GSN chain's samples, judged like every model's
+        assert chain["samples"] == 60 and chain["steps"] == 100 and chain["frechet_distance"] > 0
+        assert sum(chain["class_shares"].values()) == pytest.approx(1.0)
+        assert 1 <= chain["inception_score"] <= 4
     if family == "vae":
         assert metrics["iwae_nats"] <= metrics["neg_elbo_nats"] + 5  # IWAE is the tighter bound
         assert metrics["iwae_samples"] == 8

@@ -48,7 +48,14 @@ def test_server_and_model_metadata(tc: triton.InferenceServerClient) -> None:
     assert tc.get_model_metadata("vae-t.decode", model_version="1")["name"] == "vae-t.decode"
     generate = tc.get_model_metadata("cvae-t.generate")
     assert [t["name"] for t in generate["inputs"]] == ["n", "seed", "temperature", "class"]
-    assert set(generate["parameters"]["accepts"]) == {"n", "seed", "temperature", "class"}
+    assert set(generate["parameters"]["accepts"]) == {
+        "n",
+        "seed",
+        "temperature",
+        "class",
+        "sampler",
+        "steps",
+    }
     assert set(tc.get_model_metadata("vae-t.likelihood")["parameters"]["accepts"]) == {
         "invert",
         "samples",

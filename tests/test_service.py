@@ -729,3 +729,76 @@ def test_fastapi_looks_for_opentelemetry_only_when_asked(
         assert bool(asked) is enabled
     finally:
         client.__exit__(None, None, None)
+
+
+def test_a_dae_generates_by_its_gsn_chain_seeded_with_steps(client: TestClient) -> None:
+    from models import SearchBudget
+
+    described = client.get("/v1/models/dae-t").json()
+    assert described["samplers"] == ["chain"] and "generate" in described["operations"]
+    assert client.get("/v1/models/vae-t").json()["samplers"] == []
+    body = {"n": 3, "seed": 4, "sampler": "chain", "steps": 5}
+    r = client.post("/v1/models/dae-t/generate?format=array", json=body).json()
+    assert r["sampler"] == "chain" and r["seed"] == 4
+    dae = app_model(client, "dae-t")
+    seeds = dae.chain_seeds(3, torch.Generator().manual_seed(4))
+    expected = dae.sample_chain(seeds, SearchBudget(steps=5))
+    assert torch.allclose(torch.tensor(r["images"]), expected, atol=1e-5)
+    default = client.post("/v1/models/dae-t/generate?format=array", json={"n": 3, "seed": 4})
+    longer = dae.sample_chain(seeds, SearchBudget(steps=Settings().chain_steps))
+    assert torch.allclose(torch.tensor(default.json()["images"]), longer, atol=1e-5)
+
+
+def test_a_chain_animates_as_a_gif_of_grids(client: TestClient) -> None:
+    from models.denoising import CHAIN_FRAMES
+
+    r = client.post("/v1/models/dae-t/generate?format=gif", json={"n": 4, "seed": 1, "steps": 60})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
+    gif = Image.open(io.BytesIO(r.content))
+    assert gif.size == (4 * (2 + 2 * 30), 4 * (2 + 2 * 30))  # a 2x2 grid, scaled 4x
+    # forward, then back; Pillow merges equal neighbours (a tiny model settles at once)
+    assert gif_duration_ms(gif) == 80 * (2 * CHAIN_FRAMES - 2) and gif.n_frames >= 2
+    first = torch.from_numpy(__import__("numpy").asarray(gif.convert("L"), dtype="float32"))
+    assert float(first[8:-8, 8:-8].std()) > 40  # the chains start from uniform noise
+    short = client.post("/v1/models/dae-t/generate?format=gif", json={"n": 1, "steps": 3})
+    assert gif_duration_ms(Image.open(io.BytesIO(short.content))) == 80 * (2 * 4 - 2)
+
+
+def gif_duration_ms(gif: Image.Image) -> int:
+    total = 0
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        total += gif.info["duration"]
+    gif.seek(0)
+    return total
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "query", "message"),
+    [
+        (
+            "dae-t",
+            {"sampler": "latent"},
+            "",
+            "dae models have no sampler 'latent' (they have: chain)",
+        ),
+        ("vae-t", {"sampler": "chain"}, "", "one sampler only; leave sampler out"),
+        ("vae-t", {"steps": 10}, "", "generates by its default sampler, which is not a chain"),
+        (
+            "dae-t",
+            {"steps": 1001},
+            "",
+            "steps: at most 1000 (LATENTSERVE_MAX_CHAIN_STEPS), got 1001",
+        ),
+        ("dae-t", {"steps": 0}, "", "steps: Input should be greater than or equal to 1"),
+        ("dae-t", {"sampler": ""}, "", "sampler: String should have at least 1 character"),
+        ("gan-t", {}, "?format=gif", "which has no frames to animate"),
+        ("dae-t", {"n": 17}, "?format=gif", "a GIF animates at most 16 chains, got 17"),
+    ],
+)
+def test_sampler_requests_that_cannot_be_met_are_422(
+    client: TestClient, name: str, body: dict[str, Any], query: str, message: str
+) -> None:
+    r = client.post(f"/v1/models/{name}/generate{query}", json={"n": 2, **body})
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"]

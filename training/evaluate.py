@@ -107,6 +107,9 @@ def print_table(name: str, metrics: Metrics, floors: list[dict[str, Any]]) -> No
             print(f"  {key:<46} {value:>12.4f}")
     for key, value in metrics.get("baselines", {}).items():
         print(f"  {'baseline: ' + key:<46} {value['psnr']:>12.4f}")
+    for key, value in metrics.get("chain", {}).items():  # a dae's GSN chain samples
+        if isinstance(value, float | int):
+            print(f"  {'GSN chain: ' + key:<46} {value:>12.4f}")
     for key, value in metrics.get("conditional_accuracy", {}).items():
         print(f"  {'generated as ' + key + ', judged ' + key:<46} {value:>12.4f}")
     for key, value in metrics.get("conditional_ratio", {}).items():

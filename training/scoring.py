@@ -174,18 +174,26 @@ def sample_metrics(
 ) -> Metrics:
     """For a model that generates: ``--samples`` seeded samples judged by the classifier:
     the Frechet distance on its features, the Inception Score and the class shares."""
-    judge = load_judge(args)
     g = torch.Generator().manual_seed(0)
     samples = torch.cat(
         [model.sample(min(500, args.samples - i), g) for i in range(0, args.samples, 500)]
     )
+    return {
+        **judge_samples(load_judge(args), samples, data, test),
+        "sampler": model.latent_prior or "the model's own",
+        "judge": str(args.classifier or "classifier-fashion"),
+    }
+
+
+def judge_samples(
+    judge: Classifier, samples: torch.Tensor, data: Dataset, test: torch.Tensor
+) -> Metrics:
+    """Generated images [N, C, H, W] judged: class shares, Frechet distance, Inception Score."""
     probs = in_batches(judge.classify, samples)
     return {
         **class_share_metrics(probs.argmax(1), data.class_names),
         **frechet_metrics(judge, samples, data, test),
         "inception_score": inception_score(probs),
-        "sampler": model.latent_prior or "the model's own",
-        "judge": str(args.classifier or "classifier-fashion"),
     }
 
 

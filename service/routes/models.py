@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import composition, density
 from ..deps import State, find_model
-from ..imaging import image_to_tensor
+from ..imaging import grid_tensor, image_to_tensor
 from ..inference import class_index, inversion_method, new_seed, parse_latents
 from ..parsing import Parsed, parse_request, validate
 from ..problems import InvalidInput
@@ -51,6 +51,7 @@ from .openapi import TINY_PNG, body, image_responses, json_responses
 router = APIRouter(prefix="/v1/models", tags=["models"])
 IMAGE_FORMATS = ("json", "array", "png")
 BIG_UPLOAD = 256 * 1024  # decode bigger uploads off the event loop
+GIF_MAX_CHAINS = 16  # a chain GIF's frames are grids of at most 4 x 4 chains
 ImageParamsT = TypeVar("ImageParamsT", bound=ImageParams)
 
 
@@ -278,17 +279,27 @@ async def generate(
     name: Annotated[str, Path(examples=["gan-fashion"])], request: Request, state: State
 ) -> Response:
     """Draw `n` images from the model; the same `seed` gives the same images on any replica.
-    Class-conditional models (cvae, cgan) take `class` by name or index."""
-    job = begin(state, name, request, "generate")
+    Class-conditional models (cvae, cgan) take `class` by name or index. A model with more
+    than one way to generate takes `sampler`; a chain sampler takes `steps`, and with
+    `format=gif` answers an animation of its chains, one grid per recorded step."""
+    job = begin(state, name, request, "generate", (*IMAGE_FORMATS, "gif"))
     params = validate(GenerateParams, (await parse_request(request)).params)
     if params.n > state.settings.max_n:
         raise InvalidInput(f"n: at most {state.settings.max_n}, got {params.n}")
     label = class_index(job.lm, params.class_, "class")
     seed = params.seed if params.seed is not None else new_seed()
+    gif = job.fmt == "gif"
+    if gif and params.n > GIF_MAX_CHAINS:
+        raise InvalidInput(f"n: a GIF animates at most {GIF_MAX_CHAINS} chains, got {params.n}")
     images = await state.operations.generate(
-        job.lm, params.n, seed, params.temperature, label, pixels=job.fmt == "json"
-    )
+        job.lm, params.n, seed, params.temperature, label, pixels=job.fmt == "json",
+        sampler=params.sampler, steps=params.steps, frames=gif,
+    )  # fmt: skip
+    if gif:  # [n, F, C, H, W] -> F grids of the n chains
+        images = torch.stack([grid_tensor(images[:, f]) for f in range(images.shape[1])])
     chosen: dict[str, Any] = {} if label is None else {"class": job.lm.class_names[label]}
+    if params.sampler is not None:
+        chosen["sampler"] = params.sampler
     return await job.images(
         {"images": images}, False, seed=seed, temperature=params.temperature, **chosen
     )

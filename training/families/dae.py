@@ -1,20 +1,30 @@
 """The denoising autoencoder: trained on corrupted inputs, scored against tuned classical
-denoisers (training/metrics.py)."""
+denoisers (training/metrics.py), and its generative stochastic network's chain samples
+judged as every generating model's are (models/gsn.py)."""
 
 from __future__ import annotations
 
 import argparse
 
 import torch
+from tqdm import tqdm
 
 from models import LatentModel, corrupt
-from models.denoising import DenoisingAutoencoder
+from models.denoising import CHAIN_STEPS, DenoisingAutoencoder
 
 from ..data import Dataset
 from ..declaration import TrainingSpec, denoising_picture, register_training
 from ..metrics import CLASSICAL_DENOISERS, denoise_all, psnr, tune_denoiser
 from ..recipes import Recipe, psnr_sum
-from ..scoring import Metrics, as_float, in_batches, reconstruction_metrics
+from ..scoring import (
+    Metrics,
+    as_float,
+    in_batches,
+    judge_path,
+    judge_samples,
+    load_judge,
+    reconstruction_metrics,
+)
 
 SIGMAS = (0.1, 0.3, 0.5)
 
@@ -64,7 +74,24 @@ def evaluate_dae(
                 psnr(in_batches(model.reconstruct, noisy), test).mean()
             )
     out["baselines"] = baselines
+    if isinstance(model, DenoisingAutoencoder) and judge_path(args).is_dir():
+        out["chain"] = chain_metrics(model, data, test, args)
     return out
+
+
+@torch.no_grad()
+def chain_metrics(
+    model: DenoisingAutoencoder, data: Dataset, test: torch.Tensor, args: argparse.Namespace
+) -> Metrics:
+    """``--samples`` images from the GSN chain (CHAIN_STEPS steps from uniform noise, seeded),
+    judged like every model's samples (scoring.judge_samples)."""
+    g = torch.Generator().manual_seed(0)
+    chunks = range(0, args.samples, 500)
+    samples = torch.cat([
+        model.sample_many(min(500, args.samples - i), g, CHAIN_STEPS)
+        for i in tqdm(chunks, desc="GSN chains", unit="chunk", leave=False)
+    ])  # fmt: skip
+    return {**judge_samples(load_judge(args), samples, data, test), "steps": CHAIN_STEPS}
 
 
 register_training(TrainingSpec(
