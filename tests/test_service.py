@@ -755,7 +755,7 @@ def test_a_chain_animates_as_a_gif_of_grids(client: TestClient) -> None:
     r = client.post("/v1/models/dae-t/generate?format=gif", json={"n": 4, "seed": 1, "steps": 60})
     assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
     gif = Image.open(io.BytesIO(r.content))
-    assert gif.size == (4 * (2 + 2 * 30), 4 * (2 + 2 * 30))  # a 2x2 grid, scaled 4x
+    assert gif.size == (2 * (2 + 2 * 30), 2 * (2 + 2 * 30))  # a 2x2 grid, scaled 2x
     # forward, then back; Pillow merges equal neighbours (a tiny model settles at once)
     assert gif_duration_ms(gif) == 80 * (2 * CHAIN_FRAMES - 2) and gif.n_frames >= 2
     first = torch.from_numpy(__import__("numpy").asarray(gif.convert("L"), dtype="float32"))

@@ -112,7 +112,7 @@ class Job:
 
     async def images(
         self, images: dict[str, torch.Tensor], single: bool, extra: dict[str, Any] | None = None,
-        **meta: Any,
+        gif_scale: int = 4, **meta: Any,
     ) -> Response:  # fmt: skip
         """The reply; a large one (a GIF, or more images than LATENTSERVE_EXPENSIVE_ROWS) is
         encoded off the event loop (a 64-frame GIF held the loop for every other request),
@@ -123,8 +123,9 @@ class Job:
         if self.fmt == "gif" or rows > self.state.settings.expensive_rows:
             operations = self.state.operations
             encode = partial(
-                image_reply, *args, pace=operations.expensive.pacer(), gifs=operations.gifs
-            )
+                image_reply, *args, pace=operations.expensive.pacer(), gifs=operations.gifs,
+                gif_scale=gif_scale,
+            )  # fmt: skip
             return await asyncio.get_running_loop().run_in_executor(operations.encoder, encode)
         return image_reply(*args)
 
@@ -301,8 +302,9 @@ async def generate(
     if params.sampler is not None:
         chosen["sampler"] = params.sampler
     return await job.images(
-        {"images": images}, False, seed=seed, temperature=params.temperature, **chosen
-    )
+        {"images": images}, False, gif_scale=2, seed=seed, temperature=params.temperature,
+        **chosen,
+    )  # fmt: skip
 
 
 @router.post(
