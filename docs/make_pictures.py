@@ -27,4 +27,8 @@ with TestClient(create_app(Settings(weights_dir=ROOT / "weights"))) as client:
                        json={"seed_a": 3, "seed_b": 11, "steps": 24, "method": "slerp"})  # fmt: skip
     walk.raise_for_status()
     (ROOT / "docs" / "vae-walk.gif").write_bytes(walk.content)
-    print("wrote docs/gan-samples.png and docs/vae-walk.gif")
+    chain = client.post("/v1/models/dae-fashion/generate?format=gif",
+                        json={"n": 4, "seed": 3, "sampler": "chain", "steps": 100})  # fmt: skip
+    chain.raise_for_status()
+    (ROOT / "docs" / "dae-chain.gif").write_bytes(chain.content)
+    print("wrote docs/gan-samples.png, docs/vae-walk.gif and docs/dae-chain.gif")

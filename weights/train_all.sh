@@ -12,7 +12,7 @@ declare -A RECIPE=(
   [ae-fashion]="--family ae --latent-dim 32 --epochs 40 --batch-size 64 --lr 3e-3"
   [dae-fashion]="--family dae --latent-dim 784 --spatial-code --epochs 32 --batch-size 64 --lr 3e-3 --prior-components 0"
   [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"
-  [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64"
+  [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64 --class-guidance 1"
   [cvae-fashion]="--family cvae --latent-dim 16 --epochs 12 --batch-size 64 --lr 2e-3"
   [cgan-fashion]="--family cgan --latent-dim 64 --aux-class-weight 1 --epochs 20 --batch-size 64"
   [stacked-ae-fashion]="--family stacked-ae --latent-dim 16 --hidden-sizes 1024,256 --no-tied-weights --pretrain-epochs 2 --epochs 40 --batch-size 64 --lr 1e-3"
@@ -26,6 +26,13 @@ declare -A STAGES=(
   [dae-fashion]="--epochs 16 --lr 1e-3 --seed 1 --prior-components 0|--noise-probs 0.6,0.2,0.2 --epochs 14 --lr 5e-4 --seed 2 --prior-components 0"
   [cvae-fashion]="--consistency-weight 20 --epochs 4 --lr 1e-3 --seed 1"
   [cgan-fashion]="--aux-class-weight 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1"
+  [gan-fashion]="--class-guidance 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1"
+)
+# After training: the GANs' inverters (amortised inversion), the dae's latent density.
+declare -A AFTER=(
+  [gan-fashion]="fit-inverter"
+  [cgan-fashion]="fit-inverter"
+  [dae-fashion]="fit-prior"
 )
 ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion cgan-fashion stacked-ae-fashion sparse-ae-fashion pixelcnn-fashion made-fashion rbm-fashion)
 names=("$@")
@@ -51,6 +58,10 @@ for name in "${names[@]}"; do
           --batch-size 64 --dataset fashion-mnist --out "weights/$name" --overwrite \
           --checkpoint-dir "runs/$name-stage$stage-ckpt" 2>&1 | tee "runs/logs/$name.stage$stage.log"
     done
+  fi
+  if [ -n "${AFTER[$name]:-}" ]; then
+    echo "== ${AFTER[$name]} $name"
+    $PY -m training "${AFTER[$name]}" --model "weights/$name" 2>&1 | tee "runs/logs/$name.${AFTER[$name]}.log"
   fi
 done
 if [ "${SKIP_EVALUATE:-0}" != 1 ]; then
