@@ -144,8 +144,10 @@ def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
     expect(page.locator("#error")).to_be_hidden()
     shot(page, "01-first-view")
 
-    pick(page, "dae")  # no density fitted to its spatial code: it cannot generate
+    pick(page, "classifier")  # it cannot generate
     expect(page.locator("#generate-section")).to_be_hidden()
+    pick(page, "dae")  # by its fitted mixture (the default) or its GSN chain
+    expect(page.locator("#generate-section")).to_be_visible()
     pick(page, "ae")  # generates through the Gaussian mixture fitted to its codes
     expect(page.locator("#generate-section")).to_be_visible()
     expect(page.locator("#latent-section")).to_be_hidden()  # its prior is not N(0, I)
@@ -376,10 +378,9 @@ def test_a_first_visit_shows_empty_states_and_only_what_applies(page, servers) -
     for img in ("#original", "#noisy", "#output", "#frame"):  # no broken-image icons
         expect(page.locator(img)).to_be_hidden()
         expect(page.locator(f"{img} + .empty")).to_be_visible()
-    # a model that cannot generate interpolates between images only: no seeds, no "two seeds"
-    expect(page.locator("#ends-seeds-label")).to_be_hidden()
-    expect(page.locator("#seed-a")).to_be_hidden()
-    expect(page.locator("#upload-b")).to_be_visible()
+    # interpolation ends: the dae draws codes from its fitted mixture, so seeds are offered
+    # (the shipped models all generate now; no shipped one interpolates between images only)
+    expect(page.locator("#ends-seeds-label")).to_be_visible()
     pick(page, "vae")  # a VAE does both; each choice shows its own inputs
     expect(page.locator("#ends-seeds-label")).to_be_visible()
     expect(page.locator("#seed-a")).to_be_visible()
