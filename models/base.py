@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from .gibbs import seed_chains
 from .latent_density import GaussianMixture
 from .operations import Density, ModelOutput, Op, check_declaration, wrap_output
 
@@ -241,6 +242,18 @@ class LatentModel(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         return z * temperature
+
+    def chain_seeds(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The ``prepare`` of a family's chain sampler (an RBM's Gibbs chain, a dae's GSN
+        chain): one (seed, temperature) per chain [n, 2] (gibbs.seed_chains)."""
+        self.check_draw(n, labels)
+        return seed_chains(n, generator, temperature)
 
     def initial_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Starting codes for a search over the code space (GAN inversion): z ~ N(0, I)."""

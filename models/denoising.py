@@ -24,7 +24,7 @@ import torch
 
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .base import ConfigError, check_range, register
-from .gibbs import chain_uniform, seed_chains, shared_uniform
+from .gibbs import chain_uniform, shared_uniform
 from .gsn import ChainRun, Corruption, gsn_chains
 from .operations import Op, SearchBudget
 
@@ -100,6 +100,7 @@ class DenoisingConfig(AutoencoderConfig):
         )
 
 
+# prepared by LatentModel.chain_seeds; the request's temperature scales the corruption's levels
 CHAIN = Op("sample_chain", prepare="chain_seeds", search=True, takes_steps=True,
            frames="chain_frames")  # fmt: skip
 
@@ -119,18 +120,6 @@ class DenoisingAutoencoder(Autoencoder):
         kinds = self.config.noise_kinds
         probs = self.config.noise_probs or (1.0,) * len(kinds)
         return Corruption(kinds, tuple(probs), tuple(self.config.level_max(k) for k in kinds))
-
-    def chain_seeds(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One (seed, temperature) per chain [n, 2] (gibbs.seed_chains); ``temperature``
-        scales the corruption's levels."""
-        self.check_draw(n, labels)
-        return seed_chains(n, generator, temperature)
 
     def sample_chain(self, seeds: torch.Tensor, budget: SearchBudget | None = None) -> torch.Tensor:
         """seeds [n, 2] -> each chain's state after ``budget.steps`` steps [n, C, H, W]."""

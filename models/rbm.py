@@ -35,7 +35,6 @@ from .gibbs import (
     Uniform,
     chain_uniform,
     gibbs_chains,
-    seed_chains,
     shared_uniform,
     tempered_chains,
     tempering_betas,
@@ -131,17 +130,6 @@ class RBM(LatentModel):
                 "python -m training evaluate on it to estimate one by AIS"
             )
         return -self.free_energy(self.visible(x)) - log_z
-
-    def chain_seeds(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One (seed, temperature) per chain [n, 2] (gibbs.seed_chains)."""
-        self.check_draw(n, labels)
-        return seed_chains(n, generator, temperature)
 
     def sample_gibbs(self, seeds: torch.Tensor, budget: SearchBudget | None = None) -> torch.Tensor:
         """seeds [n, 2] (chain_seeds) -> the last step's p(v = 1 | h) as images [n, C, H, W]."""
