@@ -54,14 +54,20 @@ def test_dry_run_writes_a_loadable_artifact(family: str, tmp_path: Path) -> None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left"
 
 
+def train_class_heads(tmp_path: Path, family: str, *flags: str) -> Path:
+    """50 steps on the synthetic 4-class set, long enough for a class head to learn."""
+    out = tmp_path / family
+    code = main(["train", "--family", family, "--dataset", "synthetic", "--epochs", "2",
+                 "--steps-per-epoch", "25", "--batch-size", "32", "--width", "8", "--lr", "1e-3",
+                 *flags, "--out", str(out), "--checkpoint-dir", str(tmp_path / "c")])  # fmt: skip
+    assert code == 0
+    return out
+
+
 def test_cgan_trains_its_acgan_head(tmp_path: Path) -> None:
     """--aux-class-weight gives the critic a class head, and both players' class losses
     are trained and shown: the head learns the real classes within a few steps."""
-    out = tmp_path / "cgan"
-    code = main(["train", "--family", "cgan", "--dataset", "synthetic", "--epochs", "2",
-                 "--steps-per-epoch", "25", "--batch-size", "32", "--width", "8", "--lr", "1e-3",
-                 "--aux-class-weight", "1", "--out", str(out), "--checkpoint-dir", str(tmp_path / "c")])  # fmt: skip
-    assert code == 0
+    out = train_class_heads(tmp_path, "cgan", "--aux-class-weight", "1")
     model = load_model(out)
     assert model.config.aux_class_weight == 1.0 and model.critic.classify is not None
     history = json.loads((out / "history.json").read_text())
@@ -73,11 +79,7 @@ def test_cgan_trains_its_acgan_head(tmp_path: Path) -> None:
 def test_gan_class_guidance_trains_a_head_the_generator_never_takes(tmp_path: Path) -> None:
     """--class-guidance: the critic's class head learns the real classes, the generator's
     CatGAN terms are shown, and the model still generates from a class-free code."""
-    out = tmp_path / "gan"
-    code = main(["train", "--family", "gan", "--dataset", "synthetic", "--epochs", "2",
-                 "--steps-per-epoch", "25", "--batch-size", "32", "--width", "8", "--lr", "1e-3",
-                 "--class-guidance", "1", "--out", str(out), "--checkpoint-dir", str(tmp_path / "c")])  # fmt: skip
-    assert code == 0
+    out = train_class_heads(tmp_path, "gan", "--class-guidance", "1")
     model = load_model(out)
     assert model.config.class_guidance == 1.0 and model.config.label_classes == 4
     assert model.class_head is not None and model.latent_dim == 64

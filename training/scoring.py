@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from models import LatentModel, SearchBudget, load_model
 from models.classifier import Classifier
@@ -174,15 +176,22 @@ def sample_metrics(
 ) -> Metrics:
     """For a model that generates: ``--samples`` seeded samples judged by the classifier:
     the Frechet distance on its features, the Inception Score and the class shares."""
-    g = torch.Generator().manual_seed(0)
-    samples = torch.cat(
-        [model.sample(min(500, args.samples - i), g) for i in range(0, args.samples, 500)]
-    )
+    samples = seeded_samples(model.sample, args.samples)
     return {
         **judge_samples(load_judge(args), samples, data, test),
         "sampler": model.latent_prior or "the model's own",
         "judge": str(args.classifier or "classifier-fashion"),
     }
+
+
+def seeded_samples(
+    draw: Callable[[int, torch.Generator], torch.Tensor], n: int, desc: str = "samples"
+) -> torch.Tensor:
+    """``n`` images [n, C, H, W] from ``draw(count, generator)`` in chunks of 500, all from
+    one generator seeded 0: the same samples on every run."""
+    g = torch.Generator().manual_seed(0)
+    chunks = tqdm(range(0, n, 500), desc=desc, unit="chunk", leave=False)
+    return torch.cat([draw(min(500, n - i), g) for i in chunks])
 
 
 def judge_samples(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-from tqdm import tqdm
 
 from models import LatentModel, corrupt
 from models.denoising import CHAIN_STEPS, DenoisingAutoencoder
@@ -24,6 +23,7 @@ from ..scoring import (
     judge_samples,
     load_judge,
     reconstruction_metrics,
+    seeded_samples,
 )
 
 SIGMAS = (0.1, 0.3, 0.5)
@@ -85,12 +85,7 @@ def chain_metrics(
 ) -> Metrics:
     """``--samples`` images from the GSN chain (CHAIN_STEPS steps from uniform noise, seeded),
     judged like every model's samples (scoring.judge_samples)."""
-    g = torch.Generator().manual_seed(0)
-    chunks = range(0, args.samples, 500)
-    samples = torch.cat([
-        model.sample_many(min(500, args.samples - i), g, CHAIN_STEPS)
-        for i in tqdm(chunks, desc="GSN chains", unit="chunk", leave=False)
-    ])  # fmt: skip
+    samples = seeded_samples(model.sample_many, args.samples, "GSN chains")
     return {**judge_samples(load_judge(args), samples, data, test), "steps": CHAIN_STEPS}
 
 
