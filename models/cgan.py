@@ -22,13 +22,10 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from .base import ConfigError, LatentModel, check_code_shape, check_images, check_range, register
-from .blocks import stage_plan
 from .conditioning import ConditionalCode, check_class_names
-from .gan import GAN, Critic, GANConfig, Generator, make_inverter
+from .gan import GAN, GANConfig, Generator, ProjectionCritic, make_inverter
 
 
 @dataclasses.dataclass
@@ -45,27 +42,6 @@ class CGANConfig(GANConfig):
                 "class_guidance is for the unconditional GAN; a cgan takes the class itself "
                 "(aux_class_weight adds the AC-GAN head)"
             )
-
-
-class ProjectionCritic(nn.Module):
-    """(image [B, C, H, W] in [-1, 1], labels [B]) -> (score [B], class logits [B, N] or None)."""
-
-    def __init__(
-        self, channels: int, side: int, width: int, num_classes: int, aux_classifier: bool
-    ) -> None:
-        super().__init__()
-        self.body = Critic(channels, side, width)  # phi = body.features, psi = body.score
-        stages, small = stage_plan(side)
-        features = width * 2**stages * small * small  # F: the critic's flattened features
-        self.embed = spectral_norm(nn.Embedding(num_classes, features))
-        self.classify = nn.Linear(features, num_classes) if aux_classifier else None
-
-    def forward(
-        self, x: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.body.features(x).flatten(1)  # [B, F]
-        score = self.body.score(h).squeeze(1) + (self.embed(labels) * h).sum(1)  # [B]
-        return score, None if self.classify is None else self.classify(h)  # [B, N]
 
 
 @register
@@ -85,6 +61,8 @@ class ConditionalGAN(ConditionalCode, GAN):
             c, side, config.width, n, aux_classifier=config.aux_class_weight > 0
         )
         self.class_head = None  # the class enters the projection instead (gan.py's guidance)
+        self.register_buffer("prior_means", None)  # the class is in the code, not the prior
+        self.register_buffer("prior_weights", None)
         self.inverter = make_inverter(self)  # predicts the whole code [z, class weights]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -92,13 +70,7 @@ class ConditionalGAN(ConditionalCode, GAN):
         check_code_shape(self, z)
         return (self.generator(z) + 1) / 2
 
-    def criticize(  # type: ignore[override]
-        self, x: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """(x [B, C, H, W] in [0, 1], labels [B]) -> critic score [B]."""
-        return self.criticize_and_classify(x, labels)[0]
-
-    def criticize_and_classify(
+    def criticize_and_classify(  # type: ignore[override]
         self, x: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x [B, C, H, W] in [0, 1], labels [B]) -> (critic score [B], the auxiliary head's

@@ -21,6 +21,16 @@ while its fakes' classes stay balanced (the two entropy terms of Springenberg's 
 2016, "Unsupervised and Semi-supervised Learning with Categorical GANs", on the supervised
 head of Odena et al. 2017). This is what made cgan-fashion's samples recognisable.
 
+With ``mixture_prior`` the generator still takes only z, but z is drawn from a mixture of one
+unit Gaussian per training class, p(z) = sum_k w_k N(mu_k, I), with fixed means stored with the
+weights (a latent mixture as in Gurumurthy et al., CVPR 2017, "DeLiGAN"). In training each fake
+is drawn from the component of its real batch-mate's class, and the critic is cgan.py's
+projection critic, judging reals against their labels and fakes against their components, with
+an AC-GAN head at weight ``class_guidance`` (Liu et al., CVPR 2020, "Diverse Image Generation
+via Self-Conditioned GANs", condition an unconditional GAN on cluster labels the same way; here
+the labels are the dataset's). Serving knows nothing of classes: generate draws a component and
+a point, and encode, decode and interpolation work on z as for any GAN.
+
 Why this recipe on 2 CPU cores: WGAN-GP needs a second backward pass through the critic for
 its gradient penalty (about 1.5-2x the cost of a step), and a plain DCGAN with the
 non-saturating loss is prone to collapse without careful tuning. Spectral norm + hinge costs
@@ -61,6 +71,7 @@ class GANConfig(ModelConfig):
     inverter_width: int = 0  # the inverter's first conv width; 0: no inverter (inversion.py)
     class_guidance: float = 0.0  # weight of the CatGAN class terms; 0: labels unused
     label_classes: int = 0  # classes of the training labels (the trainer sets it)
+    mixture_prior: bool = False  # z from one unit Gaussian per training class (see above)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +83,11 @@ class GANConfig(ModelConfig):
             raise ConfigError(
                 f"class_guidance needs the training labels' classes (label_classes >= 2), "
                 f"got {self.label_classes}"
+            )
+        if self.mixture_prior and self.label_classes < 2:
+            raise ConfigError(
+                f"mixture_prior needs one component per class of the training labels "
+                f"(label_classes >= 2), got {self.label_classes}"
             )
 
 
@@ -124,6 +140,27 @@ class Critic(nn.Module):
         return self.score(self.features(x).flatten(1)).squeeze(1)
 
 
+class ProjectionCritic(nn.Module):
+    """(image [B, C, H, W] in [-1, 1], labels [B]) -> (score [B], class logits [B, N] or None)."""
+
+    def __init__(
+        self, channels: int, side: int, width: int, num_classes: int, aux_classifier: bool
+    ) -> None:
+        super().__init__()
+        self.body = Critic(channels, side, width)  # phi = body.features, psi = body.score
+        stages, small = stage_plan(side)
+        features = width * 2**stages * small * small  # F: the critic's flattened features
+        self.embed = spectral_norm(nn.Embedding(num_classes, features))
+        self.classify = nn.Linear(features, num_classes) if aux_classifier else None
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.body.features(x).flatten(1)  # [B, F]
+        score = self.body.score(h).squeeze(1) + (self.embed(labels) * h).sum(1)  # [B]
+        return score, None if self.classify is None else self.classify(h)  # [B, N]
+
+
 @register
 class GAN(LatentModel):
     family = "gan"
@@ -136,6 +173,8 @@ class GAN(LatentModel):
     example_config = {"latent_dim": 5, "width": 4}
     latent_prior = "normal"
     config: GANConfig
+    prior_means: torch.Tensor | None  # [classes, K]: the mixture prior's (buffers)
+    prior_weights: torch.Tensor | None  # [classes]
 
     def __init__(self, config: GANConfig) -> None:
         super().__init__(config)
@@ -145,9 +184,21 @@ class GAN(LatentModel):
         # the class head of class guidance (training only; the generator takes no class)
         self.class_head = (
             nn.Linear(self.critic.feature_size, config.label_classes)
-            if config.class_guidance
+            if config.class_guidance and not config.mixture_prior
             else None
         )
+        k = config.label_classes if config.mixture_prior else 0
+        if k:
+            # the critic judges each image against its class: its label, or a fake's component
+            self.critic = ProjectionCritic(  # type: ignore[assignment]
+                c, side, config.width, k, aux_classifier=config.class_guidance > 0
+            )
+            self.__dict__["latent_prior"] = f"mixture of {k} unit gaussians, one per class"
+        # fixed means drawn once (about sqrt(2 * latent_dim) apart, against a unit spread) and
+        # stored with the weights; the weights are the training labels' frequencies (the
+        # trainer sets them). None (not in the artifact) without a mixture prior.
+        self.register_buffer("prior_means", torch.randn(k, config.latent_dim) if k else None)
+        self.register_buffer("prior_weights", torch.full((k,), 1.0 / k) if k else None)
         self.inverter = make_inverter(self)
 
     @property
@@ -178,10 +229,64 @@ class GAN(LatentModel):
         return invert(self, x, budget.steps, budget.restarts, time_budget_s=budget.time_s,
                       generator=torch.Generator().manual_seed(0), stop=budget.stop)  # fmt: skip
 
-    def criticize(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, C, H, W] in [0, 1] -> critic score [B]."""
+    def sample_latent(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """n codes from the prior: N(0, temperature^2 I), or with a mixture prior a component
+        k ~ prior_weights and z = prior_means[k] + temperature * eps: [n, K]."""
+        if self.prior_weights is None:
+            return super().sample_latent(n, generator, temperature, labels)
+        self.check_draw(n, labels)
+        components = torch.multinomial(self.prior_weights, n, replacement=True, generator=generator)
+        return self.component_latents(components, generator, temperature)
+
+    def component_latents(
+        self,
+        components: torch.Tensor,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Codes drawn from the given components of the mixture prior (training draws each
+        fake from its real batch-mate's class): components [n] -> z [n, K]."""
+        if self.prior_means is None:
+            raise ValueError("this GAN has no mixture prior (it was built without mixture_prior)")
+        means = self.prior_means[components]  # [n, K]
+        eps = torch.randn(means.shape, generator=generator, device=means.device)
+        return means + temperature * eps
+
+    def initial_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Starting codes for inversion: draws of the prior (N(0, I) or the mixture)."""
+        if self.prior_weights is None:
+            return super().initial_latents(n, generator)
+        return self.sample_latent(n, generator)
+
+    def criticize(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W] in [0, 1] (and, with a mixture prior, each image's class [B]: a
+        real image's label, a fake's component) -> critic score [B]."""
+        return self.criticize_and_classify(x, labels)[0]
+
+    def criticize_and_classify(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x [B, C, H, W] in [0, 1], labels [B] for a mixture prior's projection critic) ->
+        (critic score [B], the AC-GAN head's class logits [B, classes] or None), one pass."""
         check_images(self, x)
-        return self.critic(x * 2 - 1)
+        if self.prior_means is None:
+            return self.critic(x * 2 - 1), None
+        if labels is None:
+            raise ValueError("a GAN with a mixture prior scores images against their classes")
+        return self.critic(x * 2 - 1, labels)
+
+    def aux_class_loss(self, logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        """The AC-GAN term (Odena et al. 2017) of a mixture prior's critic head: class_guidance
+        x cross-entropy of each image's class (a fake's component), or 0 without the head."""
+        if logits is None:
+            return torch.zeros(())
+        return self.config.class_guidance * F.cross_entropy(logits, labels)
 
     def criticize_with_head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, C, H, W] in [0, 1] -> (critic score [B], class-head logits [B, classes]), from

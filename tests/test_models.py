@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from models import FAMILIES, ConfigError, build_model, corrupt
+from models import FAMILIES, ConfigError, build_model, corrupt, load_model, save_model
 from models.blocks import ImageConvTranspose2d
 from models.sparse import SparseAutoencoder
 from models.stacked import StackedAutoencoder
@@ -374,12 +375,45 @@ def test_gan_class_guidance_is_catgan_entropies_on_a_critic_head() -> None:
     assert abs(float(model.guidance_loss(undecided))) < 1e-5
 
 
+def test_gan_mixture_prior_draws_each_code_near_its_components_mean(tmp_path: Path) -> None:
+    """mixture_prior: z = prior_means[k] + temperature * eps with k ~ prior_weights; the
+    means and weights travel with the weights (buffers), and the critic judges each image
+    against a class (the projection critic), which it refuses to do without one."""
+    model = tiny_model("gan", mixture_prior=True, label_classes=3, class_guidance=1.0)
+    assert model.prior_means is not None and model.prior_weights is not None
+    assert model.prior_means.shape == (3, model.latent_dim)
+    assert "mixture of 3" in str(model.latent_prior)
+    model.prior_weights.copy_(torch.tensor([0.0, 1.0, 0.0]))  # every draw from component 1
+    g = torch.Generator().manual_seed(0)
+    z = model.sample_latent(4000, g, temperature=0.5)
+    torch.testing.assert_close(z.mean(0), model.prior_means[1], atol=0.05, rtol=0)
+    assert math.isclose(float(z.std(0).mean()), 0.5, rel_tol=0.05)
+    again = model.sample_latent(4000, torch.Generator().manual_seed(0), temperature=0.5)
+    assert torch.equal(z, again)  # seeded
+    start = model.initial_latents(8, torch.Generator().manual_seed(1))
+    assert float((start - model.prior_means[1]).norm(dim=1).max()) < 3 * model.latent_dim**0.5
+    x = torch.rand(2, 1, 28, 28)
+    score, logits = model.criticize_and_classify(x, torch.tensor([0, 2]))
+    assert score.shape == (2,) and logits is not None and logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="against their classes"):
+        model.criticize(x)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert torch.equal(loaded.prior_means, model.prior_means)
+    assert torch.equal(loaded.prior_weights, model.prior_weights)
+    plain = tiny_model("gan")
+    assert plain.prior_means is None and "prior_means" not in plain.state_dict()
+    with pytest.raises(ValueError, match="no mixture prior"):
+        plain.component_latents(torch.tensor([0]))
+
+
 @pytest.mark.parametrize(
     ("family", "config", "message"),
     [
         ("gan", {"class_guidance": 1.0}, "label_classes >= 2\\), got 0"),
         ("gan", {"class_guidance": -1.0, "label_classes": 3}, "class_guidance must be a number"),
         ("cgan", {"class_guidance": 1.0, "label_classes": 3}, "for the unconditional GAN"),
+        ("gan", {"mixture_prior": True}, "one component per class"),
     ],
 )
 def test_class_guidance_configs_are_checked(family: str, config: dict, message: str) -> None:

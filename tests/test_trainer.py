@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -88,6 +89,21 @@ def test_gan_class_guidance_trains_a_head_the_generator_never_takes(tmp_path: Pa
     assert {"d_class", "g_class"} <= set(last)
     assert last["d_class"] < first["d_class"] < 1.5  # log(4 classes) = 1.39 at chance
     assert last["g_class"] < 0  # fakes the head calls confidently, of spread classes
+
+
+def test_gan_mixture_prior_trains_with_the_projection_critic(tmp_path: Path) -> None:
+    """--mixture-prior: the prior's weights become the training labels' frequencies, the
+    projection critic's AC-GAN head learns the classes, and generate needs no class."""
+    out = train_class_heads(tmp_path, "gan", "--mixture-prior", "--class-guidance", "1")
+    model = load_model(out)
+    assert model.config.mixture_prior and model.prior_weights is not None
+    assert math.isclose(float(model.prior_weights.sum()), 1.0, rel_tol=1e-6)
+    assert float(model.prior_weights.min()) > 0.15  # the synthetic set's 4 classes, near 1/4
+    assert model.critic.classify is not None
+    history = json.loads((out / "history.json").read_text())
+    first, last = history[0]["train"], history[-1]["train"]
+    assert last["d_class"] < first["d_class"] < 1.5  # log(4 classes) = 1.39 at chance
+    assert model.sample(5, torch.Generator().manual_seed(0)).shape == (5, 1, 28, 28)
 
 
 def test_cvae_consistency_weight_is_trained_and_kept(tmp_path: Path) -> None:

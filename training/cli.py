@@ -203,6 +203,13 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         "labels (default 0: labels unused; the generator never takes a class)",
     )
     g.add_argument(
+        "--mixture-prior",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gan: draw z from one unit Gaussian per training class; the critic judges "
+        "fakes against their component (projection + AC-GAN head at --class-guidance)",
+    )
+    g.add_argument(
         "--lr-critic", type=positive_float, default=4e-4, help="gan: critic learning rate"
     )
     g.add_argument(

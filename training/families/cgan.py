@@ -8,7 +8,6 @@ import torch
 
 from models import LatentModel
 from models.cgan import ConditionalGAN
-from models.gan import GAN
 
 from ..data import Dataset
 from ..declaration import TrainingSpec, register_training
@@ -25,37 +24,17 @@ from .gan import GANRecipe
 
 class ConditionalGANRecipe(GANRecipe):
     """The GAN recipe with labels: fakes are drawn for the real batch's classes, and the
-    projection critic scores each image against its class."""
+    projection critic scores each image against its class (with the AC-GAN head's loss,
+    GANRecipe's ``projection`` objectives)."""
 
     model: ConditionalGAN  # type: ignore[assignment]
 
+    @property
+    def projection(self) -> bool:
+        return True
+
     def latents(self, n: int, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.model.sample_latent(n, generator, labels=y)  # [n, K + classes]
-
-    def score(self, m: GAN, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        assert isinstance(m, ConditionalGAN)
-        return m.criticize(images, y)
-
-    def critic_objective(
-        self, m: GAN, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Hinge loss on the projection scores, plus (AC-GAN) the auxiliary head's class loss
-        on the real images only, so the head learns what each class looks like."""
-        assert isinstance(m, ConditionalGAN)
-        real_score, real_logits = m.criticize_and_classify(real, y)
-        fake_score = m.criticize(fake, y)
-        aux = m.aux_class_loss(real_logits, y)
-        return {"d_loss": GAN.critic_loss(real_score, fake_score) + aux, "d_class": aux.detach()}
-
-    def generator_objective(
-        self, m: GAN, fake: torch.Tensor, y: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Hinge loss, plus (AC-GAN) the head's class loss on the fakes: the generator is
-        rewarded when its fakes are recognised as the class they were drawn for."""
-        assert isinstance(m, ConditionalGAN)
-        fake_score, fake_logits = m.criticize_and_classify(fake, y)
-        aux = m.aux_class_loss(fake_logits, y)
-        return {"g_loss": GAN.generator_loss(fake_score) + aux, "g_class": aux.detach()}
 
 
 @torch.no_grad()

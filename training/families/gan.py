@@ -1,5 +1,5 @@
 """The GAN: hinge loss with a spectrally normalised critic (Miyato et al. 2018), optionally
-guided by the training labels (``--class-guidance``: models/gan.py), scored by
+guided by the training labels (``--class-guidance``; ``--mixture-prior``: models/gan.py), scored by
 the judge's class shares, Frechet distance on its features, and inversion PSNR."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from models import LatentModel
 from models.gan import GAN
 
-from ..data import Dataset
+from ..data import Dataset, Split
 from ..declaration import TrainingSpec, register_training
 from ..recipes import Recipe
 from ..scoring import Metrics, amortised_headline, inversion_metrics, sample_metrics
@@ -35,19 +35,40 @@ class GANRecipe(Recipe):
             "critic": torch.optim.Adam(critic, lr=self.args.lr_critic, betas=betas),
         }
 
+    @property
+    def projection(self) -> bool:
+        """Whether the critic judges each image against its class (cgan.py's projection
+        critic): a mixture prior's GAN, judging fakes against their components, and the cgan."""
+        return self.model.prior_means is not None
+
+    def begin(self, train: Split, resumed: bool) -> None:
+        """A mixture prior's weights are the training labels' frequencies."""
+        if self.model.prior_weights is not None and not resumed:
+            counts = torch.bincount(train.labels, minlength=len(self.model.prior_weights))
+            self.model.prior_weights.copy_(counts.float() / counts.sum())
+
     def latents(self, n: int, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Codes for a batch of fakes: [n, latent_dim]."""
+        """Codes for a batch of fakes: [n, latent_dim]; with a mixture prior, each drawn from
+        the component of its real batch-mate's class y."""
+        if self.model.prior_means is not None:
+            return self.model.component_latents(y, generator)
         return self.model.sample_latent(n, generator)
 
     def score(self, m: GAN, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The critic's score of images [B, C, H, W] whose classes are y: [B]."""
-        return m.criticize(images)
+        return m.criticize(images, y if self.projection else None)
 
     def critic_objective(
         self, m: GAN, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The critic's loss ("d_loss") and any terms to show beside it; with class guidance,
-        plus the class head's cross-entropy on the real images (it learns the classes)."""
+        """The critic's loss ("d_loss") and any terms to show beside it: with a class head
+        (guidance's, or the projection critic's AC-GAN head), plus its cross-entropy on the
+        real images only, so that it learns what each class looks like."""
+        if self.projection:
+            real_score, real_logits = m.criticize_and_classify(real, y)
+            aux = m.aux_class_loss(real_logits, y)
+            loss = GAN.critic_loss(real_score, m.criticize(fake, y)) + aux
+            return {"d_loss": loss, "d_class": aux.detach()}
         if m.class_head is None:
             return {"d_loss": GAN.critic_loss(self.score(m, real, y), self.score(m, fake, y))}
         real_score, logits = m.criticize_with_head(real)
@@ -58,8 +79,13 @@ class GANRecipe(Recipe):
     def generator_objective(
         self, m: GAN, fake: torch.Tensor, y: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The generator's loss ("g_loss") and any terms to show beside it; with class
-        guidance, plus the CatGAN terms of the class head's view of the fakes."""
+        """The generator's loss ("g_loss") and any terms to show beside it: with the
+        projection critic's AC-GAN head, plus its cross-entropy on the fakes (rewarded when
+        they are recognised as their class); with class guidance, the CatGAN terms."""
+        if self.projection:
+            fake_score, fake_logits = m.criticize_and_classify(fake, y)
+            aux = m.aux_class_loss(fake_logits, y)
+            return {"g_loss": GAN.generator_loss(fake_score) + aux, "g_class": aux.detach()}
         if m.class_head is None:
             return {"g_loss": GAN.generator_loss(self.score(m, fake, y))}
         fake_score, logits = m.criticize_with_head(fake)
