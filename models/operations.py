@@ -45,6 +45,12 @@ INPUTS = {
 }
 
 
+#: L-BFGS evaluations after an inverter's prediction (inversion.refine): the service's default
+#: (``LATENTSERVE_INVERSION_REFINE_STEPS``) and the evaluator's, sized to answer a single image
+#: within 50 ms through the service on 2 cores (bench/results/inversion.md)
+REFINE_STEPS = 30
+
+
 @dataclasses.dataclass(frozen=True)
 class Op:
     """One declared operation: the model method that does it, and how to read its result."""
@@ -84,7 +90,7 @@ class SearchBudget:
     #: "amortised" (a trained inverter's prediction, refined for ``refine_steps`` steps) or
     #: "optimisation" (``steps`` steps from ``restarts`` random starts); None: the first it has
     method: str | None = None
-    refine_steps: int = 12
+    refine_steps: int = REFINE_STEPS
 
 
 @dataclasses.dataclass(frozen=True)

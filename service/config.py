@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="random starts per image; the best is kept"
     )
     inversion_refine_steps: int = Field(
-        12, ge=0, le=1000, description="Adam steps after a GAN inverter's prediction (amortised)"
+        30, ge=0, le=1000, description="L-BFGS evaluations after a GAN inverter's prediction (amortised)"
     )
     inversion_time_budget_s: float = Field(
         3.0, gt=0, le=120, description="time cap of one inversion batch"

@@ -18,7 +18,7 @@ class ImageParams(Params):
 class EncodeParams(ImageParams):
     inversion: Literal["amortised", "optimisation"] | None = Field(
         None, description="GANs: how the latent of an image is found: 'amortised' (the "
-        "model's trained inverter, refined by LATENTSERVE_INVERSION_REFINE_STEPS Adam steps; "
+        "model's trained inverter, refined by LATENTSERVE_INVERSION_REFINE_STEPS L-BFGS evaluations; "
         "milliseconds) or 'optimisation' (LATENTSERVE_INVERSION_STEPS steps from "
         "LATENTSERVE_INVERSION_RESTARTS random starts; about a second). Default: the first "
         "of the model's `inversion` methods (GET /v1/models/{name})",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from models.atlas import has_atlas
+from models.operations import REFINE_STEPS
 
 from .argtypes import non_negative_int, positive_int
 from .artifacts import add_artifact_arguments, open_artifact
@@ -48,7 +49,7 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
         "--inversion-restarts", type=positive_int, default=4, help="GAN: random starts per image"
     )
     p.add_argument(
-        "--inversion-refine-steps", type=non_negative_int, default=12,
+        "--inversion-refine-steps", type=non_negative_int, default=REFINE_STEPS,
         help="GAN with an inverter: refinement steps of the amortised inversion",
     )  # fmt: skip
     p.add_argument(

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from models import LatentModel, save_model
 from models.gan import GAN, make_inverter
+from models.operations import REFINE_STEPS
 
 from .argtypes import non_negative_int, positive_float, positive_int
 from .artifacts import add_artifact_arguments, open_artifact
@@ -42,7 +43,7 @@ def add_fit_inverter_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and batch order")
     p.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
     p.add_argument(
-        "--refine-steps", type=non_negative_int, default=12,
+        "--refine-steps", type=non_negative_int, default=REFINE_STEPS,
         help="refinement steps of the amortised inversion the card reports",
     )  # fmt: skip
     p.add_argument(
@@ -103,7 +104,7 @@ def fit_inverter(model: GAN, train: Split, val: Split, args: argparse.Namespace)
         print(json.dumps(history[-1]))
     inverter.eval()
     return {
-        "kind": "amortised GAN inversion (Zhu et al. 2016; 2020): conv encoder, then Adam refinement",
+        "kind": "amortised GAN inversion (Zhu et al. 2016; 2020): conv encoder, then L-BFGS refinement",
         "width": args.width,
         "parameters": sum(p.numel() for p in inverter.parameters()),
         "epochs": args.epochs,
