@@ -6,6 +6,7 @@ Every field below is documented in the README's settings table. Lists accept JSO
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,10 @@ PLACEHOLDER_KEYS = {"changeme", "change-me", "secret", "password", "apikey", "ap
 RENAMED = {
     "LATENTSERVE_TORCHSCRIPT": "LATENTSERVE_ENGINE (torchscript where it was true, torch where false)"
 }
+
+#: LATENTSERVE_ variables that belong to something other than the service: the Python
+#: client's server address, the test suite's knobs
+NOT_SETTINGS = {"LATENTSERVE_URL", "LATENTSERVE_FUZZ_EXAMPLES", "LATENTSERVE_SCREENSHOTS"}
 
 
 class Settings(BaseSettings):
@@ -91,7 +96,10 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="random starts per image; the best is kept"
     )
     inversion_refine_steps: int = Field(
-        30, ge=0, le=1000, description="L-BFGS evaluations after a GAN inverter's prediction (amortised)"
+        30,
+        ge=0,
+        le=1000,
+        description="L-BFGS evaluations after a GAN inverter's prediction (amortised)",
     )
     inversion_time_budget_s: float = Field(
         3.0, gt=0, le=120, description="time cap of one inversion batch"
@@ -192,6 +200,27 @@ class Settings(BaseSettings):
         for old, new in RENAMED.items():
             if old in os.environ:
                 raise ValueError(f"{old} was replaced by {new}; unset {old}")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unknown_variables(self) -> Settings:
+        """A misspelt variable (LATENTSERVE_MAX_BATCH=8) would be ignored in silence and the
+        service would run on the default: refuse to start, naming the nearest setting."""
+        known = {f"LATENTSERVE_{name.upper()}" for name in type(self).model_fields}
+        unknown = sorted(
+            name for name in os.environ
+            if name.upper().startswith("LATENTSERVE_") and name.upper() not in known
+            and name.upper() not in NOT_SETTINGS and name not in RENAMED
+        )  # fmt: skip
+        if unknown:
+            hints = []
+            for name in unknown:
+                near = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+                hints.append(f"{name} (did you mean {near[0]}?)" if near else name)
+            raise ValueError(
+                f"unknown setting {', '.join(hints)}; every setting is listed in the README's "
+                "settings table"
+            )
         return self
 
     @model_validator(mode="after")

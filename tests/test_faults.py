@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +120,29 @@ def test_a_replaced_setting_is_refused_not_ignored(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("LATENTSERVE_TORCHSCRIPT", "false")
     with pytest.raises(ValueError, match="replaced by LATENTSERVE_ENGINE"):
         Settings()
+
+
+def test_a_misspelt_setting_is_refused_with_the_nearest_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LATENTSERVE_MAX_BATCH", "8")
+    with pytest.raises(
+        ValueError, match=r"LATENTSERVE_MAX_BATCH \(did you mean LATENTSERVE_MAX_BATCH_SIZE\?\)"
+    ):
+        Settings()
+    monkeypatch.delenv("LATENTSERVE_MAX_BATCH")
+    monkeypatch.setenv("LATENTSERVE_URL", "http://127.0.0.1:8000")  # the client's, allowed
+    monkeypatch.setenv("latentserve_max_batch_size", "8")  # a setting, in any case
+    assert Settings().max_batch_size == 8
+
+
+def test_the_service_does_not_start_on_an_unknown_setting() -> None:
+    env = {**os.environ, "LATENTSERVE_WROKERS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "unknown setting LATENTSERVE_WROKERS (did you mean LATENTSERVE_WORKERS?)" in done.stderr
 
 
 @pytest.fixture(scope="module")
