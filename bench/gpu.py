@@ -7,7 +7,10 @@ its output written to ``bench/results/gpu.md``:
    ``LATENTSERVE_DEVICE=auto`` picks (CUDA when onnxruntime-gpu is installed);
 3. the service (``python -m service``, ``LATENTSERVE_DEVICE=auto``, 2 workers) on the shipped
    weights: reconstruct from 64 concurrent clients for ``--seconds`` (an asyncio httpx load
-   generator, so no wrk is needed), req/s, p50/p99, errors.
+   generator, so no wrk is needed), req/s, p50/p99, errors;
+4. the trainer with ``--device auto``: a ``--dry-run`` of every family (does each recipe run
+   where the GPU is?), then a short run of the ae on Fashion-MNIST (synthetic data where the
+   Debian package is missing) on the CPU and with ``--device auto``, images/s of each.
 
 It needs no network. It has not run on a GPU yet: no session that wrote it had one lent.
 """
@@ -125,9 +128,54 @@ def serve_point(lines: list[str], seconds: float) -> None:
         proc.wait(30)
 
 
+def train_run(out: Path, *flags: str) -> tuple[bool, float, str]:
+    """One ``python -m training train`` in a subprocess: (ok, seconds, last line of output)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "train", *flags, "--out", str(out), "--overwrite",
+         "--checkpoint-dir", str(out) + "-ckpt"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    lines = (done.stdout + "\n" + done.stderr).splitlines()
+    wrote = [line for line in lines if line.startswith("wrote ")]
+    said = (wrote or [line for line in lines if line.strip() and "it/s" not in line] or ["-"])[-1]
+    return done.returncode == 0, time.perf_counter() - started, said[-160:]
+
+
+def training_runs(lines: list[str], steps: int) -> None:
+    import json
+    import tempfile
+
+    from training.data import FASHION_MNIST_DIR
+    from training.families import trainable
+
+    lines += ["", "Trainer, `--dry-run --device auto` of every family:", "",
+              "| family | ok | seconds | last line |", "|---|---|---|---|"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in trainable():
+            ok, seconds, said = train_run(Path(tmp) / family, "--family", family, "--dry-run", "--device", "auto")  # fmt: skip
+            lines.append(f"| {family} | {'yes' if ok else '**no**'} | {seconds:.1f} | {said.replace('|', '/')} |")  # fmt: skip
+        data = "fashion-mnist" if FASHION_MNIST_DIR.is_dir() else "synthetic"
+        lines += ["", f"Trainer, ae on {data}, 1 epoch of {steps} steps of 64 images:", "",
+                  "| --device | ok | images/s | card's hardware |", "|---|---|---|---|"]  # fmt: skip
+        for device in ("cpu", "auto"):
+            out = Path(tmp) / f"ae-{device}"
+            ok, _, said = train_run(out, "--family", "ae", "--dataset", data, "--epochs", "1",
+                                    "--steps-per-epoch", str(steps), "--batch-size", "64",
+                                    "--device", device)  # fmt: skip
+            if not ok:
+                lines.append(f"| {device} | **no** | - | {said} |")
+                continue
+            training = json.loads((out / "card.json").read_text())["training"]
+            lines.append(f"| {device} | yes | {training['images_per_s']:,.0f} | {training['hardware']} |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the load point")
+    parser.add_argument(
+        "--train-steps", type=int, default=300, help="steps of the short training run"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -139,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     forward_costs(lines)
     serve_point(lines, args.seconds)
+    training_runs(lines, args.train_steps)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

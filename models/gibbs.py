@@ -54,7 +54,8 @@ def per_chain_uniform(seeds: list[int]) -> Uniform:
 def shared_uniform(n: int, generator: torch.Generator | None = None) -> Uniform:
     """All ``n`` chains draw from one generator: the same distribution, much faster for
     thousands of chains (the evaluator's samples)."""
-    return lambda size: torch.rand(n, size, generator=generator)
+    device = None if generator is None else generator.device  # the draws live with it
+    return lambda size: torch.rand(n, size, generator=generator, device=device)
 
 
 def seed_chains(n: int, generator: torch.Generator | None, temperature: float) -> torch.Tensor:
@@ -156,12 +157,12 @@ class Ladder:
     ) -> None:
         if betas.ndim != 1 or len(betas) < 2 or float(betas[0]) != 1.0:
             raise ValueError("betas must start at 1 and have at least 2 replicas")
-        dtype = rbm.weight.dtype
-        self.rbm, self.base = rbm, base_bias.to(dtype)
+        dtype, device = rbm.weight.dtype, rbm.weight.device
+        self.rbm, self.base = rbm, base_bias.to(device, dtype)
         self.replicas = len(betas)
-        beta = betas.to(dtype)
+        beta = betas.to(device, dtype)
         # [n, R, 1]: the share of the model's energy each replica sees, and of the base rate's
-        self.scale = beta.view(1, -1, 1) / temperatures.to(dtype).view(-1, 1, 1)
+        self.scale = beta.view(1, -1, 1) / temperatures.to(device, dtype).view(-1, 1, 1)
         self.rest = (1 - beta).view(1, -1, 1)
 
     def start(self, uniform: Uniform) -> torch.Tensor:

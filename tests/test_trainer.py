@@ -125,6 +125,48 @@ def test_seed_makes_runs_repeatable(tmp_path: Path) -> None:
         assert torch.equal(pa, pb), name
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: cuda is no error")
+def test_device_cuda_without_a_gpu_exits_2_naming_the_way_out(tmp_path: Path) -> None:
+    result = run_cli("train", "--family", "ae", "--dry-run", "--device", "cuda",
+                     "--out", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"python -m training: error: --device cuda, but torch {torch.__version__} has "
+        f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU visible'} here; "
+        "use --device cpu (or auto)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_auto_is_cuda_only_where_torch_sees_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.trainer import training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto") == torch.device("cpu")
+    assert training_device("cpu") == torch.device("cpu")
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this node
+    assert training_device("auto") == torch.device("cuda", 1)
+    assert training_device("cpu") == torch.device("cpu")
+    assert chosen == [torch.device("cuda", 1)]
+
+
+def test_device_cpu_trains_what_the_default_trains(tmp_path: Path) -> None:
+    """On a host without a GPU, --device auto (the default) and cpu are the same run."""
+    for name, flags in (("auto", []), ("cpu", ["--device", "cpu"])):
+        assert main(["train", "--family", "gan", "--dry-run", "--width", "4", *flags,
+                     "--out", str(tmp_path / name), "--checkpoint-dir", str(tmp_path / f"c{name}")]) == 0  # fmt: skip
+    a, b = load_model(tmp_path / "auto"), load_model(tmp_path / "cpu")
+    if torch.cuda.is_available():
+        pytest.skip("auto trained on the GPU here")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    card = json.loads((tmp_path / "cpu" / "card.json").read_text())
+    assert "trained on" not in card["training"]["hardware"]
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     common = ["train", "--family", "ae", "--dataset", "synthetic", "--steps-per-epoch", "2",
               "--batch-size", "8", "--width", "4", "--checkpoint-dir", str(tmp_path / "ckpt")]  # fmt: skip

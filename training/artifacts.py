@@ -26,7 +26,7 @@ from .data import FASHION_MNIST_DIR, Dataset, load_dataset
 from .families import training_spec
 
 
-def hardware() -> str:
+def hardware(device: torch.device | None = None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -35,7 +35,10 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    found = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if device is not None and device.type == "cuda":
+        found += f", trained on {torch.cuda.get_device_name(device)}"
+    return found
 
 
 @torch.no_grad()

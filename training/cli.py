@@ -115,6 +115,13 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         help="torch intra-op threads per process (default: the cores split among torchrun's processes)",
     )
     g.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where training computes: cuda needs a CUDA build of torch and a GPU; auto is cuda "
+        "where torch sees one, else cpu (the artifact is written from the CPU either way)",
+    )
+    g.add_argument(
         "--dry-run", action="store_true", help="3 steps of 1 epoch on synthetic data (CI smoke run)"
     )
     from .latent_prior import add_prior_options

@@ -69,7 +69,12 @@ class World:
         forward = LossForward(model)
         if self.size == 1:
             return forward
-        return nn.parallel.DistributedDataParallel(forward, find_unused_parameters=True)
+        device = next(model.parameters()).device
+        return nn.parallel.DistributedDataParallel(
+            forward,
+            device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
 
     def check_in_sync(self, model: nn.Module) -> float:
         """Largest difference of any parameter between ranks; raises if they diverged.
@@ -96,13 +101,12 @@ class World:
             dist.destroy_process_group()
 
 
-def join_world() -> World:
-    """Join the process group torchrun describes in the environment (or stay alone)."""
+def join_world(device: torch.device | None = None) -> World:
+    """Join the process group torchrun describes in the environment (or stay alone): NCCL
+    between GPUs (``device`` cuda, one per process), gloo between CPU processes."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
-    # The trainer computes on the CPU, so its collectives use gloo (NCCL only moves CUDA
-    # tensors).
-    backend = "gloo"
+    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
     return World(rank=dist.get_rank(), size=dist.get_world_size(), backend=backend)

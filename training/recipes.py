@@ -41,6 +41,11 @@ class Recipe:
         self.forward: Callable[..., Any] = LossForward(model)
         self.world = World()  # this process's place under torchrun; the trainer sets it
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (``--device``): batches and noise go there."""
+        return next(self.model.parameters()).device
+
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.Adam(self.model.parameters(), lr=self.args.lr)}
 

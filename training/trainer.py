@@ -75,11 +75,33 @@ def _plain(value: Any) -> Any:
 
 
 @torch.no_grad()
+def training_device(name: str) -> torch.device:
+    """``--device``: cpu; cuda (the process's own GPU under torchrun, LOCAL_RANK); auto, cuda
+    where torch sees a GPU, else cpu. Asking for cuda where there is none is a ConfigError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda":
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+        raise ConfigError(
+            f"--device cuda, but torch {torch.__version__} has {build} here; "
+            "use --device cpu (or auto)"
+        )
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
+
+
 def evaluate_split(recipe: Recipe, split: Split, batch_size: int = 500) -> dict[str, float]:
-    """Average the recipe's per-image metrics over a whole split."""
+    """Average the recipe's per-image metrics over a whole split (on the model's device)."""
     recipe.model.eval()
+    device = recipe.device
     sums: dict[str, float] = {}
     for x, y in batches(split, batch_size):
+        x, y = x.to(device), y.to(device)
         for key, value in recipe.evaluate_batch(x, y).items():
             sums[key] = sums.get(key, 0.0) + value
     return {key: value / len(split) for key, value in sums.items()}
@@ -90,14 +112,15 @@ def train(args: argparse.Namespace) -> Path:
 
     Under ``torchrun`` every process runs this; see ``distributed.py`` for the split of work.
     """
-    world = join_world()
+    device = training_device(args.device)
+    world = join_world(device)
     try:
-        return _train(args, world)
+        return _train(args, world, device)
     finally:
         world.close()
 
 
-def _train(args: argparse.Namespace, world: World) -> Path:
+def _train(args: argparse.Namespace, world: World, device: torch.device) -> Path:
     if args.batch_size % world.size:
         raise ConfigError(
             f"--batch-size {args.batch_size} is the global batch and must divide evenly "
@@ -111,6 +134,7 @@ def _train(args: argparse.Namespace, world: World) -> Path:
         model = initial_model(args, dataset)
     else:
         model = build_model(args.family, model_config(args, dataset))
+    model.to(device)  # before the optimizers are built over its parameters
     recipe = training_spec(args.family).recipe(model, args)
     recipe.world = world
     for opt in recipe.optimizers.values():
@@ -166,13 +190,14 @@ def _train(args: argparse.Namespace, world: World) -> Path:
     model.eval()
     out = args.out
     gap = world.check_in_sync(model)
+    model.to("cpu")  # what follows (fitted densities, AIS, the artifact) runs on the CPU
     if world.is_main:
         if world.size > 1:
             tqdm.write(f"ddp: the {world.size} replicas agree (max parameter difference {gap:.2g})")
         started = time.perf_counter()
         recipe.finish(dataset.train)
         elapsed += time.perf_counter() - started
-        card = model_card(args, model, dataset, history, elapsed, steps, world)
+        card = model_card(args, model, dataset, history, elapsed, steps, world, device)
         out = write_artifact(args.out, model, dataset, history, card, args.overwrite)
         tqdm.write(f"wrote {out} ({elapsed:.0f}s of training)")
     world.barrier()
@@ -188,14 +213,16 @@ def run_epoch(
 ) -> dict[str, float]:
     """One pass over the training split; returns the mean of each number the recipe reports
     (rank 0's, under torchrun)."""
-    world = recipe.world
+    world, device = recipe.world, recipe.device
     recipe.model.train()
     generator = torch.Generator().manual_seed(args.seed * 10_000 + epoch)  # resumable order
-    # Rank 0 draws its noise (corruption, latents) from the data-order generator, as one
-    # process does; the other ranks from their own streams, so no two ranks add the same noise.
+    # Rank 0 on the CPU draws its noise (corruption, latents) from the data-order generator,
+    # as one process does; the other ranks from their own streams, so no two ranks add the
+    # same noise. On a GPU the noise is drawn there, from a generator of its own.
     noise = generator
-    if world.rank:
-        noise = torch.Generator().manual_seed((args.seed * 10_000 + epoch) * 1_000 + world.rank)
+    if world.rank or device.type != "cpu":
+        seed = (args.seed * 10_000 + epoch) * 1_000 + world.rank
+        noise = torch.Generator(device).manual_seed(seed)
     totals: dict[str, float] = {}
     bar = tqdm(
         batches(split, args.batch_size, generator, drop_last=True, shard=world.shard),
@@ -211,7 +238,7 @@ def run_epoch(
         for opt in recipe.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * factor
-        stats = recipe.train_step(x, y, noise)
+        stats = recipe.train_step(x.to(device), y.to(device), noise)
         if not all(math.isfinite(v) for v in stats.values()):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} step {step}: {stats}")
         for key, value in stats.items():
@@ -232,6 +259,7 @@ def model_card(
     elapsed: float,
     steps: int,
     world: World | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     images_seen = args.epochs * steps * args.batch_size
     card: dict[str, Any] = {
@@ -253,7 +281,7 @@ def model_card(
             "seed": args.seed,
             "wall_time_s": round(elapsed, 1),
             "images_per_s": round(images_seen / elapsed, 1) if elapsed else None,
-            "hardware": hardware(),
+            "hardware": hardware(device),
             "processes": (world or World()).size,
             "command": "python -m training " + shlex.join(args.argv),
             "init_from": str(args.init_from) if args.init_from else None,

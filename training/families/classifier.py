@@ -21,7 +21,9 @@ class ClassifierRecipe(Recipe):
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
-        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+        dx, dy = (
+            int(v) for v in torch.randint(-2, 3, (2,), generator=generator, device=generator.device)
+        )
         x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         loss = self.forward(lambda m, x_in: F.cross_entropy(m(x_in), y), x)
         self._step("model", loss)

@@ -60,7 +60,7 @@ class RBMRecipe(Recipe):
                 self.model.base_rate.copy_(rate)
         count = getattr(self.args, "chains", None) or self.args.batch_size
         pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))
-        self.start = binarize(train.images[pick[:count]].float() / 255).flatten(1)
+        self.start = binarize(train.images[pick[:count]].float() / 255).flatten(1).to(self.device)
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
@@ -76,7 +76,8 @@ class RBMRecipe(Recipe):
         with torch.no_grad():
             chain = self.chains
             if self.replicas > 1:
-                ladder = Ladder(m, m.base_rate, tempering_betas(self.replicas), torch.ones(n))
+                ones = torch.ones(n, device=self.device)
+                ladder = Ladder(m, m.base_rate, tempering_betas(self.replicas), ones)
                 uniform = shared_uniform(n, generator)
                 accepted = 0.0
                 for k in range(self.args.cd_steps):

@@ -33,7 +33,8 @@ class StackedRecipe(Recipe):
                     disable=not self.world.is_main,
                 )
                 for step, (x, _) in enumerate(bar):
-                    bar.set_postfix(loss=f"{self.pretrain_step(k, x, opt):.4f}")
+                    loss = self.pretrain_step(k, x.to(self.device), opt)
+                    bar.set_postfix(loss=f"{loss:.4f}")
                     if self.args.steps_per_epoch and step + 1 >= self.args.steps_per_epoch:
                         break
 
