@@ -264,6 +264,21 @@ def test_init_from_fine_tunes_an_artifact(tmp_path: Path) -> None:
     assert training["total_wall_time_s"] == round(total, 1)
 
 
+def test_init_from_does_not_carry_a_stale_density(tmp_path: Path) -> None:
+    """A fine-tuned ae moves its codes: the density of --init-from is not carried over."""
+    common = ["train", "--family", "ae", "--dry-run", "--width", "4", "--latent-dim", "4"]
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert main([*common, "--prior-components", "2", "--out", str(base),
+                 "--checkpoint-dir", str(tmp_path / "c0")]) == 0  # fmt: skip
+    assert "generate" in load_model(base).operations
+    assert main([*common, "--init-from", str(base), "--prior-components", "0", "--out", str(tuned),
+                 "--checkpoint-dir", str(tmp_path / "c1")]) == 0  # fmt: skip
+    model = load_model(tuned)
+    assert model.latent_density is None and "generate" not in model.operations
+    assert not (tuned / "latent_density.safetensors").exists()
+    assert "generate" in load_model(base).operations  # the base artifact keeps its own
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
