@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,23 +175,28 @@ def lbfgs_descend(
     search, and each of the ``steps`` evaluations advances every row (a row whose trial point
     is accepted moves on to its next direction while another backtracks), so a batch gives
     each image the latent it would get alone. The time budget and ``stop`` are checked after
-    each evaluation, as in ``descend``."""
+    each evaluation, as in ``descend``.
+
+    Only the generator's value and gradient are torch; the bookkeeping (the two-loop
+    recursion over [B, memory, K] pairs, the line search) is NumPy in float64: at one image,
+    some hundred tiny torch operations a step cost about a millisecond of dispatch, as much as
+    half of the generator's own forward and backward pass."""
     started = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         target = target.detach().clone()
         b, k = start.shape
 
-        def value_and_grad(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            at = at.detach().requires_grad_(True)
-            loss = (gan.decode(at) - target).pow(2).flatten(1).sum(1)  # [B]
-            (grad,) = torch.autograd.grad(loss.sum(), at)
-            return loss.detach(), grad
+        def value_and_grad(at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            z_t = torch.from_numpy(at).to(start.dtype).requires_grad_(True)
+            loss = (gan.decode(z_t) - target).pow(2).flatten(1).sum(1)  # [B]
+            (grad,) = torch.autograd.grad(loss.sum(), z_t)
+            return loss.detach().double().numpy(), grad.double().numpy()
 
-        z = start.detach().clone()
+        z = start.detach().double().numpy().copy()
         f, g = value_and_grad(z)  # [B], [B, K]
-        pairs_s = z.new_zeros(b, memory, k)  # curvature pairs, oldest first, newest last
-        pairs_y = z.new_zeros(b, memory, k)
-        rho = z.new_zeros(b, memory)  # 1 / s^T y; 0 marks an empty or rejected slot
+        pairs_s = np.zeros((b, memory, k))  # curvature pairs, oldest first, newest last
+        pairs_y = np.zeros((b, memory, k))
+        rho = np.zeros((b, memory))  # 1 / s^T y; 0 marks an empty or rejected slot
         d, slope, size = _direction(g, pairs_s, pairs_y, rho)
         for _ in range(steps):
             trial = z + size[:, None] * d
@@ -198,30 +204,30 @@ def lbfgs_descend(
             ok = tf <= f + ARMIJO * size * slope  # sufficient decrease: the row moves on
             s_vec, y_vec = trial - z, tg - g
             sy = (s_vec * y_vec).sum(1)
-            keep = ok & (sy > 1e-10 * s_vec.norm(dim=1) * y_vec.norm(dim=1))  # curvature
-            kept = keep[:, None, None]
-            pairs_s = torch.where(kept, torch.cat([pairs_s[:, 1:], s_vec[:, None]], 1), pairs_s)
-            pairs_y = torch.where(kept, torch.cat([pairs_y[:, 1:], y_vec[:, None]], 1), pairs_y)
-            new_rho = torch.cat([rho[:, 1:], (1.0 / sy.clamp_min(1e-30))[:, None]], 1)
-            rho = torch.where(keep[:, None], new_rho, rho)
-            z = torch.where(ok[:, None], trial, z)
-            f, g = torch.where(ok, tf, f), torch.where(ok[:, None], tg, g)
+            norms = np.linalg.norm(s_vec, axis=1) * np.linalg.norm(y_vec, axis=1)
+            keep = ok & (sy > 1e-10 * norms)  # curvature condition
+            if keep.any():  # the kept rows drop their oldest pair and append the new one
+                pairs_s[keep] = np.concatenate([pairs_s[keep, 1:], s_vec[keep, None]], 1)
+                pairs_y[keep] = np.concatenate([pairs_y[keep, 1:], y_vec[keep, None]], 1)
+                rho[keep] = np.concatenate([rho[keep, 1:], 1.0 / sy[keep, None]], 1)
+            z = np.where(ok[:, None], trial, z)
+            f, g = np.where(ok, tf, f), np.where(ok[:, None], tg, g)
             # a rejected trial backtracks to the minimum of the quadratic through f, the slope
             # and the trial's value (Nocedal & Wright, eq. 3.57), within [0.1, 0.5] of its step
-            rise = (tf - f - slope * size).clamp_min(1e-30)
-            shorter = (-slope * size**2 / (2 * rise)).clamp(0.1 * size, 0.5 * size)
+            rise = np.maximum(tf - f - slope * size, 1e-30)
+            shorter = np.clip(-slope * size**2 / (2 * rise), 0.1 * size, 0.5 * size)
             next_d, next_slope, next_size = _direction(g, pairs_s, pairs_y, rho)
-            d = torch.where(ok[:, None], next_d, d)
-            slope = torch.where(ok, next_slope, slope)
-            size = torch.where(ok, next_size, shorter)
+            d = np.where(ok[:, None], next_d, d)
+            slope = np.where(ok, next_slope, slope)
+            size = np.where(ok, next_size, shorter)
             if _out_of_time(started, time_budget_s, stop):
                 break
-        return z.detach()
+        return torch.from_numpy(z).to(start.dtype)
 
 
 def _direction(
-    g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's search direction -H g [B, K], its slope g^T d [B] and the first step to try
     [B]: 1 along L-BFGS's direction, or, for a row without curvature pairs (or whose
     direction does not descend; its pairs are then dropped), a step of unit length along -g.
@@ -230,26 +236,29 @@ def _direction(
     slope = (g * d).sum(1)
     fresh = ~(slope < 0) | (rho == 0).all(1)
     rho[fresh] = 0
-    d = torch.where(fresh[:, None], -g, d)
-    slope = torch.where(fresh, -(g * g).sum(1), slope)
-    unit = (1.0 / (-slope).clamp_min(1e-24).sqrt()).clamp(max=1.0)  # 1 / |g|
-    return d, slope, torch.where(fresh, unit, torch.ones_like(slope))
+    d = np.where(fresh[:, None], -g, d)
+    slope = np.where(fresh, -(g * g).sum(1), slope)
+    unit = np.minimum(1.0 / np.sqrt(np.maximum(-slope, 1e-24)), 1.0)  # 1 / |g|
+    return d, slope, np.where(fresh, unit, 1.0)
 
 
-def _two_loop(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+def _two_loop(g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray) -> np.ndarray:
     """H g for every row [B, K] from its curvature pairs s, y [B, M, K], oldest first (rho
     [B, M]: a row skips the slots where it is 0); H_0 = gamma I with gamma = s^T y / y^T y
     of the newest kept pair (Nocedal & Wright, eq. 7.20), or the identity without one."""
     memory = s.shape[1]
-    q = g.clone()
-    alpha = g.new_zeros(rho.shape)
+    q = g.copy()
+    alpha = np.zeros(rho.shape)
     for i in reversed(range(memory)):  # newest to oldest
         alpha[:, i] = rho[:, i] * (s[:, i] * q).sum(1)
         q -= alpha[:, i, None] * y[:, i]
-    gamma = g.new_ones(g.shape[0])
-    for i in range(memory):  # the newest kept pair sets the scale
-        yy = (y[:, i] * y[:, i]).sum(1).clamp_min(1e-30)
-        gamma = torch.where(rho[:, i] > 0, 1.0 / (rho[:, i].clamp_min(1e-30) * yy), gamma)
+    # the newest kept pair (the highest slot with rho > 0) sets the scale
+    kept = rho > 0
+    newest = memory - 1 - np.argmax(kept[:, ::-1], axis=1)  # [B]
+    rows = np.arange(len(g))
+    y_new, rho_new = y[rows, newest], rho[rows, newest]
+    yy = np.maximum((y_new * y_new).sum(1), 1e-30)
+    gamma = np.where(kept.any(1), 1.0 / (np.maximum(rho_new, 1e-30) * yy), 1.0)
     r = gamma[:, None] * q
     for i in range(memory):  # oldest to newest
         beta = rho[:, i] * (y[:, i] * r).sum(1)
