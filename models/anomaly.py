@@ -20,6 +20,18 @@ discrete" and "Bernoulli on grey levels", the binarized one for "binarized at 0.
 ``Calibration`` holds the scores of held-out in-distribution images (the validation split,
 measured by ``python -m training evaluate``) as ``anomaly.json`` beside the weights: plain
 JSON, never unpickled. A new score's percentile is where it falls among them.
+
+The complexity score sees how predictable the pixels are, so it catches images unlike any
+training image in their local statistics (digits, noise, flat grey) but hardly a garment
+upside down, whose strokes and textures are the training data's. A family whose density
+declares ``features`` (a method giving the model's own hidden representation of an image)
+adds a second statistic that sees global structure: the Mahalanobis distance of those
+features to a Gaussian fitted on the training images (Lee, Lee, Lee & Shin, "A Simple Unified
+Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018),
+stored as ``anomaly_features.safetensors``. The two are combined as Fisher's method combines
+tests: each becomes its upper tail share p among the held-out images, and the score is
+-ln(1 - p_complexity) - ln(1 - p_distance) (higher = less like the training data); the
+calibration then holds the held-out images' combined scores as well as each part's.
 """
 
 from __future__ import annotations
@@ -55,6 +67,15 @@ def has_anomaly_score(density: Density | None) -> bool:
 METHOD = (
     "input complexity (Serra et al. 2020): -log2 p(x) minus the WebP-lossless length of x, bits/dim"
 )
+COMBINED_METHOD = (
+    "input complexity (Serra et al. 2020) and the Mahalanobis distance of the model's features "
+    "to their training Gaussian (Lee et al. 2018), combined by Fisher's method: "
+    "-ln(1 - p) summed over both, p = the share of held-out images scoring lower"
+)
+#: the parts of a combined score, as its calibration and the anomaly reply name them
+PARTS = ("input_complexity", "feature_distance")
+FEATURES_FILE = "anomaly_features.safetensors"
+MAX_FEATURES = 4096  # a precision matrix of 4096^2 float32 is 64 MB: the most a model may bring
 MAX_CALIBRATION_BYTES = 4 << 20
 
 
@@ -102,23 +123,137 @@ class Calibration:
     reference: str  # which images, e.g. "validation split of fashion-mnist, 5000 images"
     samples: int  # the importance samples of the likelihood it was computed from (1: none)
     likelihood: str  # the kind of that likelihood ("exact", "lower bound (ELBO)", ...)
+    #: a combined score's parts (PARTS): each part's held-out scores, sorted; () for the
+    #: complexity score alone
+    parts: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.scores) < 10:
-            raise ValueError(f"a calibration needs at least 10 scores, got {len(self.scores)}")
-        if any(not math.isfinite(s) for s in self.scores):
-            raise ValueError("calibration scores must be finite")
-        if list(self.scores) != sorted(self.scores):
-            raise ValueError("calibration scores must be sorted")
+        _check_sorted("calibration scores", self.scores)
+        for name, scores in self.parts:
+            _check_sorted(f"calibration part {name!r}", scores)
+        if self.parts and tuple(name for name, _ in self.parts) != PARTS:
+            raise ValueError(f"a combined calibration has the parts {PARTS}")
+
+    @property
+    def combined(self) -> bool:
+        return bool(self.parts)
+
+    def combine(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        """Each image's combined score [B] from its parts' values [B] (Fisher's method over the
+        parts' upper tail shares among the held-out images)."""
+        total = np.zeros(len(parts[PARTS[0]]))
+        for name, reference in self.parts:
+            share = np.array([_share_below(reference, float(v)) for v in parts[name]])
+            n = len(reference)
+            total += -np.log1p(-np.clip(share, 0.5 / n, 1 - 0.5 / n))
+        return total
 
     def percentile(self, score: float) -> float:
         """Share of the reference scores below ``score``, in percent (ties count half)."""
-        low = bisect.bisect_left(self.scores, score)
-        high = bisect.bisect_right(self.scores, score)
-        return 100.0 * (low + 0.5 * (high - low)) / len(self.scores)
+        return 100.0 * _share_below(self.scores, score)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": 1, **dataclasses.asdict(self), "scores": list(self.scores)}
+        parts = {name: list(scores) for name, scores in self.parts}
+        return {
+            "format": 1,
+            **dataclasses.asdict(self),
+            "scores": list(self.scores),
+            "parts": parts,
+        }
+
+
+def combined_calibration(calibration: Calibration, parts: dict[str, np.ndarray]) -> Calibration:
+    """A calibration of the complexity score alone, made a combined one from the same held-out
+    images' parts (PARTS, each [N]): each part's scores, and the combined scores."""
+    with_parts = dataclasses.replace(
+        calibration, method=COMBINED_METHOD,
+        parts=tuple((name, tuple(sorted(float(s) for s in parts[name]))) for name in PARTS),
+    )  # fmt: skip
+    combined = with_parts.combine(parts)
+    return dataclasses.replace(with_parts, scores=tuple(sorted(float(s) for s in combined)))
+
+
+def _check_sorted(what: str, scores: tuple[float, ...]) -> None:
+    if len(scores) < 10:
+        raise ValueError(f"{what}: at least 10 scores are needed, got {len(scores)}")
+    if any(not math.isfinite(s) for s in scores):
+        raise ValueError(f"{what} must be finite")
+    if list(scores) != sorted(scores):
+        raise ValueError(f"{what} must be sorted")
+
+
+def _share_below(reference: tuple[float, ...], value: float) -> float:
+    """Share of the sorted ``reference`` below ``value`` (ties count half)."""
+    low = bisect.bisect_left(reference, value)
+    high = bisect.bisect_right(reference, value)
+    return (low + 0.5 * (high - low)) / len(reference)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureGaussian:
+    """A Gaussian over a model's features, fitted on training images: mean [D] and the
+    inverse of its covariance [D, D] (float64)."""
+
+    mean: torch.Tensor
+    precision: torch.Tensor
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of features [B, D] to the Gaussian: [B] (float64)."""
+        if features.ndim != 2 or features.shape[1] != len(self.mean):
+            raise ValueError(f"features [B, {len(self.mean)}] expected, got {list(features.shape)}")
+        d = features.double() - self.mean
+        return ((d @ self.precision) * d).sum(1)
+
+
+def fit_feature_gaussian(features: torch.Tensor, ridge: float = 1e-3) -> FeatureGaussian:
+    """The Gaussian of features [N, D]; the covariance gets ``ridge`` times its mean variance on
+    the diagonal (dead ReLU units have none), so it always inverts."""
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"features [N >= 2, D] expected, got {list(features.shape)}")
+    f = features.double()
+    mean = f.mean(0)
+    centred = f - mean
+    cov = centred.T @ centred / len(f)
+    scale = float(cov.diagonal().mean()) or 1.0
+    cov += ridge * scale * torch.eye(len(mean), dtype=torch.float64)
+    return FeatureGaussian(mean, torch.linalg.inv(cov))
+
+
+def write_feature_gaussian(folder: str | os.PathLike[str], gaussian: FeatureGaussian) -> Path:
+    from safetensors.torch import save_file
+
+    file = Path(folder) / FEATURES_FILE
+    tmp = file.with_suffix(".tmp")
+    save_file({"mean": gaussian.mean.float().contiguous(),
+               "precision": gaussian.precision.float().contiguous()}, str(tmp))  # fmt: skip
+    os.replace(tmp, file)
+    return file
+
+
+def read_feature_gaussian(folder: str | os.PathLike[str]) -> FeatureGaussian | None:
+    """The feature Gaussian beside a model's weights, None if it has none; a broken file
+    raises ValueError naming it. Read by safetensors: tensors only, nothing unpickled."""
+    from safetensors import SafetensorError, safe_open
+
+    file = Path(folder) / FEATURES_FILE
+    if not file.is_file():
+        return None
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            keys = set(f.keys())
+            if keys != {"mean", "precision"}:
+                raise ValueError(f"holds {sorted(keys)}, not mean and precision")
+            mean, precision = f.get_tensor("mean").double(), f.get_tensor("precision").double()
+        d = len(mean)
+        if mean.ndim != 1 or not 0 < d <= MAX_FEATURES or tuple(precision.shape) != (d, d):
+            raise ValueError(
+                f"mean {list(mean.shape)} and precision {list(precision.shape)} do not fit"
+            )
+        if not (torch.isfinite(mean).all() and torch.isfinite(precision).all()):
+            raise ValueError("not finite")
+        return FeatureGaussian(mean, precision)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{file}: {exc}") from None
 
 
 def write_calibration(folder: str | os.PathLike[str], calibration: Calibration) -> Path:
@@ -141,10 +276,14 @@ def read_calibration(folder: str | os.PathLike[str]) -> Calibration | None:
         data = json.loads(file.read_text())
         if not isinstance(data, dict) or data.get("format") != 1:
             raise ValueError("not a format-1 calibration")
+        parts = data.get("parts") or {}
+        if not isinstance(parts, dict):
+            raise ValueError("parts must map each part's name to its scores")
         return Calibration(
             method=str(data["method"]), scores=tuple(float(s) for s in data["scores"]),
             reference=str(data["reference"]), samples=int(data["samples"]),
             likelihood=str(data["likelihood"]),
+            parts=tuple((str(k), tuple(float(s) for s in v)) for k, v in parts.items()),
         )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{file}: {exc}") from None

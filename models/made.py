@@ -85,7 +85,7 @@ class MADE(LatentModel):
         "generate": Op("sample_pixels", prepare="sample_noise", search=True),
         "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
     }
-    density = Density(kind="exact", convention="8-bit discrete")
+    density = Density(kind="exact", convention="8-bit discrete", features="anomaly_features")
     example_config = {"hidden_sizes": [16], "mixtures": 2, "image_shape": [1, 8, 8]}
     config: MADEConfig
 
@@ -108,10 +108,22 @@ class MADE(LatentModel):
     def pixel_params(self, xu: torch.Tensor) -> torch.Tensor:
         """xu [B, D] in [-1, 1] -> mixture parameters [B, 3K, D] of every pixel given those
         before it."""
+        return self.out(self.hidden_units(xu)).view(
+            xu.shape[0], 3 * self.config.mixtures, self.dims
+        )
+
+    def hidden_units(self, xu: torch.Tensor) -> torch.Tensor:
+        """xu [B, D] in [-1, 1] -> the last hidden layer [B, hidden]."""
         h = xu
         for layer in self.hidden:
             h = F.relu(layer(h))
-        return self.out(h).view(xu.shape[0], 3 * self.config.mixtures, self.dims)
+        return h
+
+    def anomaly_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] in [0, 1] -> the last hidden layer's units [B, hidden] (the anomaly
+        score's features: models/anomaly.py)."""
+        check_images(self, x)
+        return self.hidden_units(to_unit(quantize(x).flatten(1)))
 
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) in nats of x [B, C, H, W] in [0, 1] read as 8-bit values: [B]."""

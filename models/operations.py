@@ -108,6 +108,9 @@ class Density:
     kind: str
     convention: str
     takes_samples: bool = False
+    #: a method x [B, C, H, W] -> the model's own features of each image [B, D], whose
+    #: training Gaussian gives the anomaly score its second part (models/anomaly.py)
+    features: str | None = None
 
     def describe(self, samples: int = 1) -> str:
         """The kind of the number ``log_likelihood`` gives with ``samples`` importance samples."""

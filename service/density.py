@@ -3,8 +3,10 @@ declaration says it computes, checked parameters, and the reply's numbers.
 
 ``likelihood`` reports log p(x) in nats and bits/dim with what kind of number it is (exact,
 a bound, an estimate) and the convention it is on (models/operations.py ``Density``).
-``anomaly`` turns the likelihood into the input-complexity score of models/anomaly.py and
-places it among the scores of held-out training-like images stored with the weights.
+``anomaly`` turns the likelihood into the input-complexity score of models/anomaly.py (for a
+model whose calibration combines parts, with the distance of its features to their training
+Gaussian) and places it among the scores of held-out training-like images stored with the
+weights.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models import Op
 from models.anomaly import complexity_score
 
 from .config import Settings
@@ -83,6 +86,7 @@ class AnomalyScores:
     anomalous: np.ndarray  # [B] bool
     log_likelihood: torch.Tensor  # [B] nats
     samples: int | None
+    parts: dict[str, np.ndarray]  # a combined score's parts, each [B]; {} for complexity alone
 
 
 async def anomaly_scores(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> AnomalyScores:
@@ -93,9 +97,19 @@ async def anomaly_scores(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> A
     samples = calibration.samples if density.takes_samples else None
     ll = await ops.log_likelihood(lm, x, samples)
     scores = complexity_score(ll, x, density.convention).numpy()
+    parts: dict[str, np.ndarray] = {}
+    if calibration.combined:
+        assert lm.features is not None and density.features is not None  # registry checked
+        features = await ops.run(lm, "likelihood", x, op=Op(density.features))
+        assert isinstance(features, torch.Tensor)
+        parts = {
+            "input_complexity": scores,
+            "feature_distance": lm.features.distance(features).numpy(),
+        }
+        scores = calibration.combine(parts)
     percentiles = np.array([calibration.percentile(float(s)) for s in scores])
     return AnomalyScores(
-        scores, percentiles, percentiles > ops.settings.anomaly_percentile, ll, samples
+        scores, percentiles, percentiles > ops.settings.anomaly_percentile, ll, samples, parts
     )
 
 
@@ -111,4 +125,5 @@ async def anomaly(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> dict[str
         "method": lm.calibration.method,
         "reference": lm.calibration.reference,
         "likelihood": describe(lm, float(found.log_likelihood[0]), found.samples),
+        **({"parts": {k: float(v[0]) for k, v in found.parts.items()}} if found.parts else {}),
     }

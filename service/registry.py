@@ -19,8 +19,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from models import CheckpointError, ConfigError, LatentModel, load_model
-from models.anomaly import Calibration, has_anomaly_score, read_calibration
+from models.anomaly import (
+    FEATURES_FILE,
+    Calibration,
+    FeatureGaussian,
+    has_anomaly_score,
+    read_calibration,
+    read_feature_gaussian,
+)
 from models.atlas import Atlas, AtlasError, has_atlas, read_atlas, read_thumbnails
 from models.plugins import load_plugins
 
@@ -62,6 +71,8 @@ class LoadedModel:
     files_mtime: float
     #: scores of held-out images for anomaly percentiles (models/anomaly.py); None: no anomaly
     calibration: Calibration | None = None
+    #: the training Gaussian of the model's features, for a calibration that combines parts
+    features: FeatureGaussian | None = None
     #: the latent-space atlas (models/atlas.py) and its thumbnail sheet (PNG); None: none
     atlas: Atlas | None = None
     thumbnails: bytes | None = None
@@ -75,6 +86,15 @@ class LoadedModel:
         """Replies that never change for this loaded model, built once (the atlas's map per
         projection); a reload makes a new LoadedModel, and so new replies."""
         return {}
+
+    def _density(self) -> dict[str, Any] | None:
+        """The family's density declaration as the API shows it (not the name of its
+        features method, an internal detail)."""
+        if self.model.density is None:
+            return None
+        declared = dataclasses.asdict(self.model.density)
+        del declared["features"]
+        return declared
 
     @property
     def class_names(self) -> list[str]:
@@ -90,11 +110,14 @@ class LoadedModel:
             "operations": self.operations,
             "inversion": list(self.model.inversion_methods),
             "samplers": list(self.model.sampler_names),
+            "chain_samplers": [
+                name for name in self.model.sampler_names if self.model.sampler(name).takes_steps
+            ],
             "parameters": self.model.parameter_count(),
             "class_names": self.class_names,
             "conditional": self.model.conditional,
             "latent_prior": self.model.latent_prior,
-            "density": dataclasses.asdict(self.model.density) if self.model.density else None,
+            "density": self._density(),
             "metrics": self.card.get("metrics", {}),
             "dataset": self.card.get("dataset", {}).get("name"),
             "atlas": None if self.atlas is None else {
@@ -115,6 +138,39 @@ class Staged:
 
     def fresh(self) -> list[LoadedModel]:
         return [self.models[name] for name in self.report["loaded"]]
+
+
+def _read_anomaly(
+    name: str, folder: Path, model: LatentModel
+) -> tuple[Calibration | None, FeatureGaussian | None]:
+    """The anomaly calibration beside the weights and, for a combined score, the feature
+    Gaussian it needs. Anything missing or broken leaves the model serving without anomaly."""
+    if not has_anomaly_score(model.density):  # a VAE's likelihood has no code length
+        return None, None
+    try:
+        calibration = read_calibration(folder)
+        if calibration is None or not calibration.combined:
+            return calibration, None
+        method = model.density.features if model.density else None
+        if method is None:
+            raise ValueError(
+                f"its calibration combines feature distances; {model.family} has no features"
+            )
+        features = read_feature_gaussian(folder)
+        if features is None:
+            raise ValueError(
+                f"its calibration combines feature distances, and {FEATURES_FILE} is missing"
+            )
+        with torch.inference_mode():
+            dims = getattr(model, method)(torch.zeros(1, *model.image_shape)).shape[1]
+        if dims != len(features.mean):
+            raise ValueError(
+                f"{FEATURES_FILE} is over {len(features.mean)} features; the model gives {dims}"
+            )
+        return calibration, features
+    except ValueError as exc:  # the model still serves; only anomaly is missing
+        log.warning("%s: no anomaly scores: %s", name, exc)
+        return None, None
 
 
 def _read_atlas(name: str, folder: Path, model: LatentModel) -> tuple[Atlas | None, bytes | None]:
@@ -251,12 +307,9 @@ class ModelRegistry:
             model.parameter_count(),
             seconds,
         )
-        calibration = None
-        if has_anomaly_score(model.density):  # a VAE's likelihood has no code length
-            try:
-                calibration = read_calibration(folder)
-            except ValueError as exc:  # the model still serves; only anomaly is missing
-                log.warning("%s: no anomaly scores: %s", name, exc)
+        calibration, features = _read_anomaly(name, folder, model)
         atlas, thumbnails = _read_atlas(name, folder, model)
         card = card if isinstance(card, dict) else {}
-        return LoadedModel(name, model, card, seconds, mtime, calibration, atlas, thumbnails)
+        return LoadedModel(
+            name, model, card, seconds, mtime, calibration, features, atlas, thumbnails
+        )

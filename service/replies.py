@@ -31,6 +31,10 @@ class ModelDescription(BaseModel):
         description="the ways generate can sample (its sampler parameter), default first; "
         "empty for a model with one way"
     )
+    chain_samplers: list[str] = Field(
+        description="those of its samplers that run a Markov chain: they take steps and "
+        "animate as a GIF (format=gif)"
+    )
     parameters: int
     class_names: list[str]
     conditional: bool
@@ -142,6 +146,11 @@ class AnomalyReply(Timed):
     method: str
     reference: str
     likelihood: LikelihoodValue
+    parts: dict[str, float] | None = Field(
+        None,
+        description="a combined score's parts: input_complexity (bits/dim) and "
+        "feature_distance (squared Mahalanobis distance of the model's features)",
+    )
 
 
 class AtlasMap(BaseModel):

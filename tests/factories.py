@@ -11,9 +11,12 @@ from models import FAMILIES, LatentModel, build_model, save_model
 from models.anomaly import (
     METHOD,
     Calibration,
+    combined_calibration,
     complexity_score,
+    fit_feature_gaussian,
     has_anomaly_score,
     write_calibration,
+    write_feature_gaussian,
 )
 from models.atlas import has_atlas, write_atlas
 from models.gibbs import exact_log_partition
@@ -56,7 +59,17 @@ def write_tiny(folder: Path, family: str, atlas: tuple[str, ...] = ("pca",), **k
         with torch.no_grad():
             ll = model.run("likelihood", x).tensors()["log_likelihood"]
         scores = complexity_score(ll, x, model.density.convention)
-        write_calibration(folder, Calibration(
+        calibration = Calibration(
             METHOD, tuple(sorted(scores.tolist())), "32 random images", 1, model.density.kind
-        ))  # fmt: skip
+        )
+        if model.density.features is not None:  # the combined score: features' Gaussian too
+            features = getattr(model, model.density.features)
+            train = torch.rand(64, *model.image_shape, generator=torch.Generator().manual_seed(10))
+            with torch.no_grad():
+                gaussian = fit_feature_gaussian(features(train))
+                distance = gaussian.distance(features(x))
+            write_feature_gaussian(folder, gaussian)
+            parts = {"input_complexity": scores.numpy(), "feature_distance": distance.numpy()}
+            calibration = combined_calibration(calibration, parts)
+        write_calibration(folder, calibration)
     return folder

@@ -14,7 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model, logistic
-from models.anomaly import Calibration, complexity_bits, read_calibration, write_calibration
+from models.anomaly import (
+    COMBINED_METHOD,
+    FEATURES_FILE,
+    Calibration,
+    combined_calibration,
+    complexity_bits,
+    fit_feature_gaussian,
+    read_calibration,
+    read_feature_gaussian,
+    write_calibration,
+    write_feature_gaussian,
+)
 from models.autoregressive import pixelcnn_pixel_params, pixelcnn_row_links
 from models.gibbs import (
     Ladder,
@@ -323,6 +334,63 @@ def test_calibration_percentiles_and_its_file(tmp_path) -> None:
         read_calibration(tmp_path)
     with pytest.raises(ValueError, match="sorted"):
         Calibration("m", (2.0,) * 5 + (1.0,) * 5, "ref", 1, "exact")
+
+
+def test_feature_gaussian_distance_its_file_and_refusals(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.0, 4.0])
+    f = torch.randn(500, 6, generator=g) * scale + 3
+    gaussian = fit_feature_gaussian(f)
+    x = torch.randn(4, 6, generator=g)
+    a = f.double().numpy()
+    cov = np.cov(a.T, bias=True)
+    cov += 1e-3 * np.trace(cov) / 6 * np.eye(6)  # the ridge, scaled by the mean variance
+    d = x.double().numpy() - a.mean(0)
+    want = np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d)
+    np.testing.assert_allclose(gaussian.distance(x).numpy(), want, rtol=1e-6)
+    assert float(gaussian.distance(gaussian.mean[None].float())[0]) == pytest.approx(0, abs=1e-9)
+    dead = f.clone()
+    dead[:, 2] = 0  # a ReLU unit that never fires: the ridge keeps the covariance invertible
+    assert torch.isfinite(fit_feature_gaussian(dead).precision).all()
+    with pytest.raises(ValueError, match=r"features \[B, 6\] expected"):
+        gaussian.distance(torch.zeros(2, 5))
+    write_feature_gaussian(tmp_path, gaussian)
+    back = read_feature_gaussian(tmp_path)
+    assert back is not None  # stored as float32: distances agree to float32 precision
+    torch.testing.assert_close(back.distance(x), gaussian.distance(x), rtol=1e-4, atol=1e-4)
+    assert read_feature_gaussian(tmp_path / "none") is None
+    save_file(
+        {"mean": torch.zeros(3), "precision": torch.zeros(2, 2)}, str(tmp_path / FEATURES_FILE)
+    )
+    with pytest.raises(ValueError, match="do not fit"):
+        read_feature_gaussian(tmp_path)
+    (tmp_path / FEATURES_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=FEATURES_FILE):
+        read_feature_gaussian(tmp_path)
+
+
+def test_a_combined_calibration_is_fishers_method_over_its_parts(tmp_path) -> None:
+    base = Calibration("m", tuple(float(i) for i in range(100)), "ref", 1, "exact")
+    parts = {"input_complexity": np.arange(100.0), "feature_distance": np.arange(100.0) * 2}
+    cal = combined_calibration(base, parts)
+    assert cal.combined and cal.method == COMBINED_METHOD and not base.combined
+    # 90 has 90 held-out complexities below it; 50 has 25 distances below and one tie
+    got = cal.combine(
+        {"input_complexity": np.array([10.0, 90.0]), "feature_distance": np.array([50.0, 50.0])}
+    )
+    assert got[1] == pytest.approx(-math.log(1 - 0.905) - math.log(1 - 0.255))
+    assert got[0] < got[1]  # monotone in each part
+    top = cal.combine({"input_complexity": np.array([1e9]), "feature_distance": np.array([1e9])})
+    assert top[0] == pytest.approx(-2 * math.log(0.5 / 100))  # the most it can say: capped
+    assert list(cal.scores) == sorted(cal.combine(parts).tolist())
+    write_calibration(tmp_path, cal)
+    assert read_calibration(tmp_path) == cal
+    with pytest.raises(ValueError, match="parts"):
+        Calibration(
+            "m", base.scores, "ref", 1, "exact", parts=(("a", base.scores), ("b", base.scores))
+        )
 
 
 def test_auroc_and_the_out_of_distribution_sets() -> None:

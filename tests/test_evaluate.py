@@ -34,6 +34,34 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_evaluate_writes_a_combined_anomaly_calibration_for_a_model_with_features(
+    tmp_path: Path,
+) -> None:
+    """made declares features: the evaluator fits their Gaussian on training images, writes it
+    beside the calibration of the combined score, and reports each part's AUROC beside it."""
+    from models.anomaly import FEATURES_FILE, read_calibration, read_feature_gaussian
+
+    out = tmp_path / "made"
+    assert main(["train", "--family", "made", "--dry-run", "--out", str(out),
+                 "--checkpoint-dir", str(tmp_path / "ck"), "--threads", "1"]) == 0  # fmt: skip
+    assert main(["evaluate", "--model", str(out), "--no-atlas", "--limit", "30", "--threads", "1",
+                 "--ood-images", "20", "--calibration-images", "20", "--feature-images", "40"]) == 0  # fmt: skip
+    metrics = json.loads((out / "card.json").read_text())["metrics"]
+    assert metrics["anomaly_method"].startswith("input complexity (Serra et al. 2020) and")
+    assert metrics["anomaly_feature_images"] == 40 and metrics["anomaly_features"] > 0
+    table = metrics["anomaly_auroc"]
+    assert len(table) == 6
+    for row in table.values():
+        assert {"likelihood", "input_complexity", "feature_distance", "combined"} <= set(row)
+        assert all(0 <= row[k] <= 1 for k in ("likelihood", "input_complexity", "combined"))
+    assert metrics["anomaly_auroc_min"] == min(row["combined"] for row in table.values())
+    calibration = read_calibration(out)
+    gaussian = read_feature_gaussian(out)
+    assert calibration is not None and calibration.combined and len(calibration.scores) == 20
+    assert gaussian is not None and (out / FEATURES_FILE).is_file()
+    assert len(gaussian.mean) == metrics["anomaly_features"]
+
+
 @pytest.mark.parametrize(
     "family", ["ae", "dae", "sparse-ae", "vae", "gan", "cvae", "cgan", "classifier-fashion"]
 )

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from models import load_model
-from models.anomaly import complexity_score, read_calibration
+from models.anomaly import (
+    FEATURES_FILE,
+    complexity_score,
+    read_calibration,
+    read_feature_gaussian,
+)
 
 from .conftest import png
 
@@ -95,6 +101,57 @@ def test_anomaly_score_percentile_and_verdict(client: TestClient, weights_dir) -
     # a VAE's likelihood (Bernoulli on grey levels) is no code length: no anomaly for it
     r = client.post("/v1/models/vae-t/anomaly", files={"image": IMAGE})
     assert r.status_code == 400 and "does not support anomaly" in r.json()["detail"]
+
+
+def test_a_model_with_features_answers_the_combined_score_with_its_parts(
+    client: TestClient, weights_dir
+) -> None:
+    """made declares features: its score combines input complexity with the Mahalanobis
+    distance of its hidden units, each placed among the held-out images (Fisher's method)."""
+    r = client.post("/v1/models/made-t/anomaly", files={"image": IMAGE})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    model = load_model(weights_dir / "made-t")
+    calibration = read_calibration(weights_dir / "made-t")
+    gaussian = read_feature_gaussian(weights_dir / "made-t")
+    assert calibration is not None and calibration.combined and gaussian is not None
+    x = as_tensor()
+    with torch.no_grad():
+        complexity = float(complexity_score(model.log_likelihood(x), x, "8-bit discrete")[0])
+        distance = float(gaussian.distance(model.anomaly_features(x))[0])
+    parts = body["parts"]
+    assert parts["input_complexity"] == pytest.approx(complexity, rel=1e-4, abs=1e-4)
+    assert parts["feature_distance"] == pytest.approx(distance, rel=1e-3)
+    expected = calibration.combine(
+        {"input_complexity": np.array([complexity]), "feature_distance": np.array([distance])}
+    )[0]
+    assert body["score"] == pytest.approx(expected, rel=1e-6)
+    assert body["percentile"] == pytest.approx(calibration.percentile(body["score"]))
+    assert body["method"].startswith("input complexity (Serra et al. 2020) and the Mahalanobis")
+    assert (
+        "parts" not in client.post("/v1/models/pixelcnn-t/anomaly", files={"image": IMAGE}).json()
+    )
+
+
+def test_a_combined_calibration_without_its_features_file_serves_no_anomaly(
+    tmp_path, weights_dir, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from service import Settings
+
+    from .conftest import start
+
+    shutil.copytree(weights_dir / "made-t", tmp_path / "made-t")
+    (tmp_path / "made-t" / FEATURES_FILE).unlink()
+    with caplog.at_level("WARNING", "latentserve.registry"):
+        client = start(Settings(weights_dir=tmp_path))
+    try:
+        described = client.get("/v1/models/made-t").json()
+        assert "likelihood" in described["operations"] and "anomaly" not in described["operations"]
+        assert f"{FEATURES_FILE} is missing" in caplog.text
+    finally:
+        client.__exit__(None, None, None)
 
 
 def test_the_autoregressive_and_boltzmann_families_generate_over_rest(client: TestClient) -> None:

@@ -19,12 +19,17 @@ from tqdm import tqdm
 
 from models import LatentModel
 from models.anomaly import (
+    COMBINED_METHOD,
     COMPLEXITY_CONVENTIONS,
     METHOD,
     Calibration,
+    FeatureGaussian,
+    combined_calibration,
     complexity_bits,
+    fit_feature_gaussian,
     has_anomaly_score,
     write_calibration,
+    write_feature_gaussian,
 )
 
 from .data import Dataset
@@ -45,6 +50,14 @@ def log_likelihoods(
     for i in tqdm(range(0, len(x), batch), desc=desc, leave=False, mininterval=2.0):
         out.append(model.run("likelihood", x[i : i + batch], **kwargs).tensors()["log_likelihood"])
     return torch.cat(out).double()
+
+
+@torch.no_grad()
+def model_features(model: LatentModel, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """The features the model's density declares for the anomaly score, of images x: [N, D]."""
+    assert model.density is not None and model.density.features is not None
+    method = getattr(model, model.density.features)
+    return torch.cat([method(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
 def per_pixel_baseline(train: torch.Tensor, test: torch.Tensor, convention: str) -> float:
@@ -130,7 +143,20 @@ def anomaly_metrics(
         corrected = (-ll / LN2 - complexity_bits(x, codec_convention)).numpy() / dims
         return raw, corrected
 
-    out: dict[str, Any] = {"anomaly_method": METHOD}
+    # a density with features: their Gaussian on training images, for the combined score
+    gaussian: FeatureGaussian | None = None
+    train = as_float(data.train.images)[: getattr(args, "feature_images", 10_000)]
+    if model.density.features is not None and has_anomaly_score(model.density) and len(train) > 1:
+        gaussian = fit_feature_gaussian(model_features(model, train))
+
+    def distances(x: torch.Tensor) -> np.ndarray:
+        assert gaussian is not None
+        return gaussian.distance(model_features(model, x)).numpy()
+
+    out: dict[str, Any] = {"anomaly_method": METHOD if gaussian is None else COMBINED_METHOD}
+    if gaussian is not None:
+        out.update(anomaly_feature_images=len(train), anomaly_features=len(gaussian.mean))
+    calibration: Calibration | None = None
     val = as_float(data.val.images)[: getattr(args, "calibration_images", 2000)]
     if len(val) >= 10:
         _, val_scores = scores(val, log_likelihoods(model, val, samples, "validation likelihood"))
@@ -139,17 +165,28 @@ def anomaly_metrics(
             reference=f"validation split of {data.name}, {len(val)} images", samples=samples,
             likelihood=model.density.describe(samples),
         )  # fmt: skip
+        if gaussian is not None:  # each part's held-out scores, then the combined ones
+            parts = {"input_complexity": val_scores, "feature_distance": distances(val)}
+            calibration = combined_calibration(calibration, parts)
+            val_scores = calibration.combine(parts)
         out["anomaly_calibration_images"] = len(val)
         out["anomaly_threshold_99th_percentile"] = float(np.percentile(val_scores, 99))
         served = has_anomaly_score(model.density)
         out["anomaly_served"] = served
         if served and not getattr(args, "no_write", True) and getattr(args, "model", None):
+            if gaussian is not None:
+                write_feature_gaussian(args.model, gaussian)
             write_calibration(args.model, calibration)
     if tuple(model.image_shape) != (1, 28, 28):
         return out  # the rendered sets are in MNIST's layout
     n = getattr(args, "ood_images", 1000)
     inl = test[:n]
     in_raw, in_s = scores(inl, test_ll[:n])
+    combined = calibration is not None and calibration.combined
+    if combined:
+        assert calibration is not None
+        in_d = distances(inl)
+        in_c = calibration.combine({"input_complexity": in_s, "feature_distance": in_d})
     table = {}
     for name, x in tqdm(ood_sets(test, n).items(), desc="out-of-distribution sets", leave=False):
         raw, corrected = scores(x, log_likelihoods(model, x, samples, name))
@@ -158,8 +195,15 @@ def anomaly_metrics(
             "input_complexity": auroc(in_s, corrected),
             "mean_bits_per_dim": float(raw.mean()),
         }
+        if combined:
+            assert calibration is not None
+            d = distances(x)
+            both = calibration.combine({"input_complexity": corrected, "feature_distance": d})
+            table[name]["feature_distance"] = auroc(in_d, d)
+            table[name]["combined"] = auroc(in_c, both)
     out["anomaly_auroc"] = table
-    out["anomaly_auroc_min"] = min(v["input_complexity"] for v in table.values())
+    served = "combined" if combined else "input_complexity"
+    out["anomaly_auroc_min"] = min(v[served] for v in table.values())  # the served score's
     return out
 
 

@@ -70,6 +70,10 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
         help="density models: validation images whose anomaly scores calibrate the percentiles",
     )  # fmt: skip
     p.add_argument(
+        "--feature-images", type=positive_int, default=10_000,
+        help="density models with features (made): training images their Gaussian is fitted on",
+    )  # fmt: skip
+    p.add_argument(
         "--ood-images", type=positive_int, default=1000,
         help="density models: images per out-of-distribution set (and test images) for AUROC",
     )  # fmt: skip
