@@ -11,8 +11,8 @@ The child is ``python -m service.gif_worker --nice N``: it imports numpy and Pil
 (no torch), reads requests from stdin and writes GIFs to stdout, with a fixed binary framing
 (nothing is pickled):
 
-    request:  6 big-endian uint32 (frames, height, width, channels, scale, frame_ms), then
-              frames * height * width * channels bytes of pixels, uint8 [T, H, W, C]
+    request:  7 big-endian uint32 (frames, height, width, channels, scale, frame_ms, bounce),
+              then frames * height * width * channels bytes of pixels, uint8 [T, H, W, C]
     reply:    1 big-endian uint32 (length), then the GIF
 
 It exits when stdin closes. ``GifProcess`` starts it on first use and starts it again after it
@@ -38,7 +38,9 @@ from PIL import Image
 
 log = logging.getLogger("latentserve")
 
-HEADER = struct.Struct(">6I")
+HEADER = struct.Struct(">7I")
+#: how long a GIF that plays forward only (a Markov chain's run) shows its last frame
+HOLD_MS = 1500
 LENGTH = struct.Struct(">I")
 GREY_PALETTE = bytes(v for level in range(256) for v in (level, level, level))
 MAX_PIXELS = 1 << 28  # a request the child refuses: nothing the service sends comes close
@@ -46,10 +48,12 @@ MAX_PIXELS = 1 << 28  # a request the child refuses: nothing the service sends c
 
 def encode_gif(
     pixels: np.ndarray, scale: int = 4, frame_ms: int = 80,
-    pace: Callable[[], None] | None = None,
+    pace: Callable[[], None] | None = None, bounce: bool = True,
 ) -> bytes:  # fmt: skip
     """uint8 frames [T, H, W, C] (C = 1 or 3) -> an animated GIF that plays forward then
-    back, looping, each frame ``scale`` times larger (nearest neighbour).
+    back (``bounce``: an interpolation's walk there and back), or forward only with the last
+    frame held ``HOLD_MS`` (a chain's run from noise to its samples), looping, each frame
+    ``scale`` times larger (nearest neighbour).
 
     Grey frames go in as palette images on the identity grey palette, so every grey level is
     kept exactly and Pillow has no palette to fit; ``optimize=False`` skips its per-frame
@@ -65,11 +69,14 @@ def encode_gif(
             im.putpalette(GREY_PALETTE)
     else:
         images = [Image.fromarray(p) for p in pixels]
-    sequence = images + images[-2:0:-1]
+    sequence = images + images[-2:0:-1] if bounce else images
+    duration: int | list[int] = frame_ms
+    if not bounce and len(images) > 1:
+        duration = [frame_ms] * (len(images) - 1) + [max(frame_ms, HOLD_MS)]
     buffer = _PacedBuffer(pace) if pace else io.BytesIO()
     sequence[0].save(
         buffer, format="GIF", save_all=True, append_images=_paced(sequence[1:], pace),
-        duration=frame_ms, loop=0, optimize=False,
+        duration=duration, loop=0, optimize=False,
     )  # fmt: skip
     return buffer.getvalue()
 
@@ -116,13 +123,13 @@ class GifProcess:
 
     def encode(
         self, pixels: np.ndarray, scale: int = 4, frame_ms: int = 80,
-        pace: Callable[[], None] | None = None,
+        pace: Callable[[], None] | None = None, bounce: bool = True,
     ) -> bytes:  # fmt: skip
         """``encode_gif`` in the child; if the child cannot be started or dies twice in a
         row, in this thread (with ``pace``)."""
         _check(pixels, scale)
         pixels = np.ascontiguousarray(pixels)
-        request = HEADER.pack(*pixels.shape, scale, frame_ms) + pixels.tobytes()
+        request = HEADER.pack(*pixels.shape, scale, frame_ms, int(bounce)) + pixels.tobytes()
         with self._lock:
             for _attempt in range(2):
                 try:
@@ -132,7 +139,7 @@ class GifProcess:
                     self._stop_child()
         self.fallbacks += 1
         log.warning("encoding a GIF in the serving process: its encoder process does not run")
-        return encode_gif(pixels, scale, frame_ms, pace)
+        return encode_gif(pixels, scale, frame_ms, pace, bounce)
 
     def _exchange(self, request: bytes) -> bytes:
         child = self._running_child()
@@ -199,7 +206,7 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         header = stdin.read(HEADER.size)
         if len(header) < HEADER.size:
             return  # the parent closed the pipe
-        frames, height, width, channels, scale, frame_ms = HEADER.unpack(header)
+        frames, height, width, channels, scale, frame_ms, bounce = HEADER.unpack(header)
         size = frames * height * width * channels
         if size > MAX_PIXELS or frames * height * width * scale * scale > MAX_PIXELS:
             stdout.write(LENGTH.pack(0))
@@ -207,7 +214,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             return  # the stream can't be trusted past a request like this
         pixels = np.frombuffer(_read_exactly(stdin, size), np.uint8)
         try:
-            gif = encode_gif(pixels.reshape(frames, height, width, channels), scale, frame_ms)
+            frames_in = pixels.reshape(frames, height, width, channels)
+            gif = encode_gif(frames_in, scale, frame_ms, bounce=bool(bounce))
         except ValueError as exc:
             print(f"gif_worker: {exc}", file=sys.stderr)
             gif = b""

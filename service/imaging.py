@@ -273,11 +273,12 @@ def data_url(png: bytes) -> str:
 def gif_bytes(
     frames: torch.Tensor, scale: int = 4, frame_ms: int = 80,
     encoder: GifProcess | None = None, pace: Callable[[], None] | None = None,
+    bounce: bool = True,
 ) -> bytes:  # fmt: skip
-    """Frames [T, C, H, W] in [0, 1] -> an animated GIF that plays forward then back,
-    looping (``gif_worker.encode_gif``): in ``encoder``'s child process if given, else here,
-    calling ``pace`` between frames."""
+    """Frames [T, C, H, W] in [0, 1] -> an animated GIF that plays forward then back
+    (``bounce``), or forward only, looping (``gif_worker.encode_gif``): in ``encoder``'s
+    child process if given, else here, calling ``pace`` between frames."""
     pixels = to_uint8(frames)  # uint8 [T, H, W, C]
     if encoder is not None:
-        return encoder.encode(pixels, scale, frame_ms, pace)
-    return encode_gif(pixels, scale, frame_ms, pace)
+        return encoder.encode(pixels, scale, frame_ms, pace, bounce)
+    return encode_gif(pixels, scale, frame_ms, pace, bounce)

@@ -58,13 +58,15 @@ def image_reply(
     pace: Callable[[], None] | None = None,
     gifs: GifProcess | None = None,
     gif_scale: int = 4,
+    gif_bounce: bool = True,
 ) -> Response:
     """Render named image batches (the first is the main result) in the chosen format;
     ``extra`` fields go into JSON replies only. A batch is float [B, C, H, W] in [0, 1],
     or uint8 pixels [B, H, W, C] (``Operations``' ``pixels=True``) for JSON replies and
     for a PNG of one image. ``pace``, if given, is called between frames and images: a
     large reply encoded on another thread gives way to the cheap lane (``BatchEngine.pacer``);
-    a GIF is encoded by ``gifs``' child process if given, each pixel ``gif_scale`` wide."""
+    a GIF is encoded by ``gifs``' child process if given, each pixel ``gif_scale`` wide,
+    playing forward then back (``gif_bounce``) or forward only."""
     main = next(iter(images.values()))
     pixels = main.dtype == torch.uint8
     if any(batch.dtype == torch.uint8 for batch in images.values()) and not (
@@ -85,7 +87,7 @@ def image_reply(
         return Response(png, media_type="image/png", headers=headers)
     if fmt == "gif":
         return Response(
-            gif_bytes(main, gif_scale, encoder=gifs, pace=pace),
+            gif_bytes(main, gif_scale, encoder=gifs, pace=pace, bounce=gif_bounce),
             media_type="image/gif",
             headers=headers,
         )

@@ -166,6 +166,37 @@ def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
     not_blank(page, "#output")
     shot(page, "02-denoise")
 
+    # the dae's two samplers: its fitted latent density (default) and its GSN chain, watched
+    # as the GIF the server draws
+    expect(page.locator("#sampler-label")).to_be_visible()
+    assert page.eval_on_selector_all("#sampler option", "os => os.map(o => o.value)") == [
+        "latent",
+        "chain",
+    ]
+    expect(page.locator("#animate-label")).to_be_hidden()  # only for a chain
+    page.select_option("#sampler", "chain")
+    expect(page.locator("#chain-steps-label")).to_be_visible()
+    page.fill("#chain-steps", "5")
+    page.fill("#n", "4")
+    page.check("#animate")
+    page.evaluate("document.querySelector('#grid').removeAttribute('src')")
+    with page.expect_request("**/generate?format=gif") as sent:
+        page.click("#generate")
+    assert sent.value.post_data_json | {"seed": 0} == {
+        "n": 4,
+        "seed": 0,
+        "temperature": 1,
+        "sampler": "chain",
+        "steps": 5,
+    }
+    assert sent.value.headers["accept"] == "image/gif"
+    page.wait_for_function(
+        "(document.querySelector('#grid').getAttribute('src') || '').startsWith('data:image/gif')"
+    )
+    page.uncheck("#animate")
+    page.select_option("#sampler", "latent")
+    expect(page.locator("#chain-steps-label")).to_be_hidden()
+
     buffer = io.BytesIO()
     img = Image.new("L", (28, 28), 0)
     img.paste(230, (6, 4, 22, 26))

@@ -211,6 +211,28 @@ def test_a_grey_gif_keeps_every_level_and_plays_forward_then_back() -> None:
     np.testing.assert_array_equal(decoded[5:], decoded[1:4][::-1])
 
 
+def test_a_chain_gif_plays_forward_only_and_holds_its_last_frame() -> None:
+    from service.gif_worker import HOLD_MS, GifProcess
+
+    frames = torch.rand(5, 1, 6, 7, generator=torch.Generator().manual_seed(1))
+    data = imaging.gif_bytes(frames, scale=2, frame_ms=60, bounce=False)
+    decoded = _gif_frames(data)
+    assert decoded.shape == (5, 12, 14, 3)  # no way back
+    expected = imaging.to_uint8(frames)[..., 0].repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_array_equal(decoded[..., 0], expected)
+    gif = Image.open(io.BytesIO(data))
+    durations = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        durations.append(gif.info["duration"])
+    assert durations == [60, 60, 60, 60, HOLD_MS]
+    gifs = GifProcess()  # the child process gets the flag through its framing
+    try:
+        assert gifs.encode(imaging.to_uint8(frames), 2, 60, bounce=False) == data
+    finally:
+        gifs.close()
+
+
 def test_a_colour_gif_is_quantised_close_to_its_frames() -> None:
     frames = torch.zeros(3, 3, 4, 4)
     frames[0, 0] = 1.0  # red, then green, then blue: a palette holds them exactly

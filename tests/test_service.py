@@ -736,6 +736,7 @@ def test_a_dae_generates_by_its_gsn_chain_seeded_with_steps(client: TestClient) 
 
     described = client.get("/v1/models/dae-t").json()
     assert described["samplers"] == ["chain"] and "generate" in described["operations"]
+    assert described["chain_samplers"] == ["chain"]
     assert client.get("/v1/models/vae-t").json()["samplers"] == []
     body = {"n": 3, "seed": 4, "sampler": "chain", "steps": 5}
     r = client.post("/v1/models/dae-t/generate?format=array", json=body).json()
@@ -751,17 +752,19 @@ def test_a_dae_generates_by_its_gsn_chain_seeded_with_steps(client: TestClient) 
 
 def test_a_chain_animates_as_a_gif_of_grids(client: TestClient) -> None:
     from models.denoising import CHAIN_FRAMES
+    from service.gif_worker import HOLD_MS
 
     r = client.post("/v1/models/dae-t/generate?format=gif", json={"n": 4, "seed": 1, "steps": 60})
     assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
     gif = Image.open(io.BytesIO(r.content))
     assert gif.size == (2 * (2 + 2 * 30), 2 * (2 + 2 * 30))  # a 2x2 grid, scaled 2x
-    # forward, then back; Pillow merges equal neighbours (a tiny model settles at once)
-    assert gif_duration_ms(gif) == 80 * (2 * CHAIN_FRAMES - 2) and gif.n_frames >= 2
+    # forward only, the samples held at the end; Pillow merges equal neighbours (a tiny model
+    # settles at once), adding their durations
+    assert gif_duration_ms(gif) == 80 * (CHAIN_FRAMES - 1) + HOLD_MS and gif.n_frames >= 2
     first = torch.from_numpy(__import__("numpy").asarray(gif.convert("L"), dtype="float32"))
     assert float(first[8:-8, 8:-8].std()) > 40  # the chains start from uniform noise
     short = client.post("/v1/models/dae-t/generate?format=gif", json={"n": 1, "steps": 3})
-    assert gif_duration_ms(Image.open(io.BytesIO(short.content))) == 80 * (2 * 4 - 2)
+    assert gif_duration_ms(Image.open(io.BytesIO(short.content))) == 80 * (4 - 1) + HOLD_MS
 
 
 def gif_duration_ms(gif: Image.Image) -> int:

@@ -112,7 +112,7 @@ class Job:
 
     async def images(
         self, images: dict[str, torch.Tensor], single: bool, extra: dict[str, Any] | None = None,
-        gif_scale: int = 4, **meta: Any,
+        gif_scale: int = 4, gif_bounce: bool = True, **meta: Any,
     ) -> Response:  # fmt: skip
         """The reply; a large one (a GIF, or more images than LATENTSERVE_EXPENSIVE_ROWS) is
         encoded off the event loop (a 64-frame GIF held the loop for every other request),
@@ -124,7 +124,7 @@ class Job:
             operations = self.state.operations
             encode = partial(
                 image_reply, *args, pace=operations.expensive.pacer(), gifs=operations.gifs,
-                gif_scale=gif_scale,
+                gif_scale=gif_scale, gif_bounce=gif_bounce,
             )  # fmt: skip
             return await asyncio.get_running_loop().run_in_executor(operations.encoder, encode)
         return image_reply(*args)
@@ -301,9 +301,9 @@ async def generate(
     chosen: dict[str, Any] = {} if label is None else {"class": job.lm.class_names[label]}
     if params.sampler is not None:
         chosen["sampler"] = params.sampler
-    return await job.images(
-        {"images": images}, False, gif_scale=2, seed=seed, temperature=params.temperature,
-        **chosen,
+    return await job.images(  # a chain's GIF plays from the noise to its samples, not back
+        {"images": images}, False, gif_scale=2, gif_bounce=False, seed=seed,
+        temperature=params.temperature, **chosen,
     )  # fmt: skip
 
 

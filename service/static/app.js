@@ -105,6 +105,11 @@ function applyModel() {
   const classes = model.conditional ? model.class_names : [];
   $("class-label").hidden = !classes.length;
   $("class").replaceChildren(new Option("any", ""), ...classes.map((c) => new Option(c, c)));
+  // a model with several samplers (a dae: its fitted latent density, its GSN chain) offers them
+  const samplers = model.samplers || [];
+  $("sampler-label").hidden = samplers.length < 2;
+  $("sampler").replaceChildren(...samplers.map((s) => new Option(s, s)));
+  updateSampler();
   run(() => showAtlas(model));
 }
 function updateEnds() {
@@ -112,6 +117,12 @@ function updateEnds() {
   $("upload-b-label").hidden = !images;
   document.querySelectorAll(".seed-end").forEach((el) => { el.hidden = images; });
 }
+// a chain sampler runs for a number of steps and can be watched as an animated GIF
+function updateSampler() {
+  const chain = (model.chain_samplers || []).includes($("sampler").value);
+  document.querySelectorAll(".chain-only").forEach((el) => { el.hidden = !chain; });
+}
+$("sampler").addEventListener("change", updateSampler);
 $("ends-images").addEventListener("change", updateEnds);
 $("ends-seeds").addEventListener("change", updateEnds);
 $("model").addEventListener("change", () => run(async () => applyModel()));
@@ -162,21 +173,34 @@ $("likelihood").addEventListener("click", () => run(async () => {
 }));
 $("anomaly").addEventListener("click", () => run(async () => {
   const r = await call(`/v1/models/${model.name}/anomaly`, { form: await imageForm() });
+  // a combined score (Fisher's method over its parts) has no unit; its parts are shown too
+  const parts = r.parts ? {
+    "input complexity": `${r.parts.input_complexity.toFixed(3)} bits/dim`,
+    "feature distance": r.parts.feature_distance.toFixed(1),
+  } : {};
   showFacts({
     verdict: r.anomalous ? "anomalous" : "looks like the training data",
-    score: `${r.score.toFixed(3)} bits/dim`, percentile: `${r.percentile.toFixed(1)} (anomalous above ${r.threshold_percentile})`,
-    "bits/dim": r.likelihood.bits_per_dim.toFixed(3), method: r.method,
+    score: r.parts ? r.score.toFixed(2) : `${r.score.toFixed(3)} bits/dim`,
+    percentile: `${r.percentile.toFixed(1)} (anomalous above ${r.threshold_percentile})`,
+    ...parts, "bits/dim": r.likelihood.bits_per_dim.toFixed(3), method: r.method,
   });
 }));
 
 // --- generate ---
 $("generate").addEventListener("click", () => run(async () => {
-  const reply = await call(`/v1/models/${model.name}/generate`, {
-    json: {
-      n: Number($("n").value), seed: Number($("seed").value), temperature: Number($("temperature").value),
-      ...($("class").value ? { class: $("class").value } : {}),
-    },
-  });
+  const sampler = $("sampler").value;  // "" for a model that samples one way
+  const chain = (model.chain_samplers || []).includes(sampler);
+  const json = {
+    n: Number($("n").value), seed: Number($("seed").value), temperature: Number($("temperature").value),
+    ...($("class").value ? { class: $("class").value } : {}),
+    ...(sampler ? { sampler } : {}),
+    ...(chain ? { steps: Number($("chain-steps").value) } : {}),
+  };
+  if (chain && $("animate").checked) {  // the chain's run, drawn by the server as a GIF
+    $("grid").src = await call(`/v1/models/${model.name}/generate?format=gif`, { json, accept: "image/gif" });
+    return;
+  }
+  const reply = await call(`/v1/models/${model.name}/generate`, { json });
   $("grid").src = await gridFrom(reply.images);
 }));
 async function gridFrom(urls) {
