@@ -72,7 +72,9 @@ class RBM(LatentModel):
         "generate": Op("sample_gibbs", prepare="chain_seeds", search=True),
         "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
     }
-    density = Density(kind="AIS estimate", convention="binarized at 0.5")
+    density = Density(
+        kind="AIS estimate", convention="binarized at 0.5", features="hidden_probabilities"
+    )
     example_config = {"latent_dim": 8, "gibbs_steps": 5, "image_shape": [1, 8, 8]}
     config: RBMConfig
     log_partition: torch.Tensor
