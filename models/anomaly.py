@@ -243,12 +243,14 @@ def read_feature_gaussian(folder: str | os.PathLike[str]) -> FeatureGaussian | N
             keys = set(f.keys())
             if keys != {"mean", "precision"}:
                 raise ValueError(f"holds {sorted(keys)}, not mean and precision")
+            # shapes from the header first: nothing large is read before it is checked
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in ("mean", "precision")}
+            d = shapes["mean"][0] if len(shapes["mean"]) == 1 else 0
+            if not 0 < d <= MAX_FEATURES or shapes["precision"] != [d, d]:
+                raise ValueError(
+                    f"mean {shapes['mean']} and precision {shapes['precision']} do not fit"
+                )
             mean, precision = f.get_tensor("mean").double(), f.get_tensor("precision").double()
-        d = len(mean)
-        if mean.ndim != 1 or not 0 < d <= MAX_FEATURES or tuple(precision.shape) != (d, d):
-            raise ValueError(
-                f"mean {list(mean.shape)} and precision {list(precision.shape)} do not fit"
-            )
         if not (torch.isfinite(mean).all() and torch.isfinite(precision).all()):
             raise ValueError("not finite")
         return FeatureGaussian(mean, precision)

@@ -17,6 +17,7 @@ from models import build_model, logistic
 from models.anomaly import (
     COMBINED_METHOD,
     FEATURES_FILE,
+    MAX_FEATURES,
     Calibration,
     combined_calibration,
     complexity_bits,
@@ -364,6 +365,10 @@ def test_feature_gaussian_distance_its_file_and_refusals(tmp_path) -> None:
     save_file(
         {"mean": torch.zeros(3), "precision": torch.zeros(2, 2)}, str(tmp_path / FEATURES_FILE)
     )
+    with pytest.raises(ValueError, match="do not fit"):
+        read_feature_gaussian(tmp_path)
+    big = {"mean": torch.zeros(MAX_FEATURES + 1), "precision": torch.zeros(1, 1)}
+    save_file(big, str(tmp_path / FEATURES_FILE))  # refused from the header, before reading
     with pytest.raises(ValueError, match="do not fit"):
         read_feature_gaussian(tmp_path)
     (tmp_path / FEATURES_FILE).write_bytes(b"not a safetensors file")
