@@ -74,7 +74,6 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-@torch.no_grad()
 def training_device(name: str) -> torch.device:
     """``--device``: cpu; cuda (the process's own GPU under torchrun, LOCAL_RANK); auto, cuda
     where torch sees a GPU, else cpu. Asking for cuda where there is none is a ConfigError."""
@@ -95,6 +94,7 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+@torch.no_grad()
 def evaluate_split(recipe: Recipe, split: Split, batch_size: int = 500) -> dict[str, float]:
     """Average the recipe's per-image metrics over a whole split (on the model's device)."""
     recipe.model.eval()
