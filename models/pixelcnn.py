@@ -117,7 +117,7 @@ class PixelCNN(LatentModel):
         "generate": Op("sample_pixels", prepare="sample_noise", search=True),
         "likelihood": Op("log_likelihood", returns=("log_likelihood",)),
     }
-    density = Density(kind="exact", convention="8-bit discrete")
+    density = Density(kind="exact", convention="8-bit discrete", features="anomaly_features")
     example_config = {"channels": 4, "dilations": [1, 2], "mixtures": 2}
     config: PixelCNNConfig
 
@@ -157,12 +157,26 @@ class PixelCNN(LatentModel):
     def params_from(self, x: torch.Tensor, links: list[torch.Tensor]) -> torch.Tensor:
         """The horizontal stack and the head: x [B, C, h, W] in [-1, 1] and the links of those
         rows -> mixture parameters [B, C, 3K, h, W]."""
+        out = self.head(self.horizontal_stack(x, links))
+        b, _, rows, w = out.shape
+        return out.view(b, self.image_shape[0], 3 * self.config.mixtures, rows, w)
+
+    def horizontal_stack(self, x: torch.Tensor, links: list[torch.Tensor]) -> torch.Tensor:
+        """x [B, C, h, W] in [-1, 1] and the links of those rows -> the last layer's
+        horizontal stack [B, channels, h, W]."""
         h = x
         for layer, link in zip(self.layers, links, strict=True):
             h = layer.horizontal(h, link)
-        out = self.head(h)
-        b, _, rows, w = out.shape
-        return out.view(b, self.image_shape[0], 3 * self.config.mixtures, rows, w)
+        return h
+
+    def anomaly_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] in [0, 1] -> the last layer's horizontal stack averaged over each
+        quarter of the image [B, channels * 4] (the anomaly score's features:
+        models/anomaly.py; the quarters keep where things are, which an upside-down image
+        moves)."""
+        check_images(self, x)
+        u = to_unit(quantize(x))
+        return F.adaptive_avg_pool2d(self.horizontal_stack(u, self.links(u)), 2).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] in [-1, 1] -> mixture parameters [B, C, 3K, H, W] for every pixel."""
