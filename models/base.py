@@ -130,6 +130,11 @@ class LatentModel(nn.Module):
             return ("latent", *names)
         return names
 
+    @property
+    def chain_sampler_names(self) -> tuple[str, ...]:
+        """Those of ``sampler_names`` that run a chain (take ``steps``, animate as a GIF)."""
+        return tuple(name for name in self.sampler_names if self.sampler(name).takes_steps)
+
     def sampler(self, name: str | None) -> Op:
         """The declaration of generating by sampler ``name`` (None: the model's ``generate``).
         Raises ValueError naming the samplers the model has."""

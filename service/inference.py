@@ -435,7 +435,7 @@ class Operations:
     @staticmethod
     def chains(lm: LoadedModel) -> list[str]:
         """The model's samplers that run a chain (take ``steps``, animate as a GIF)."""
-        return [name for name in lm.model.sampler_names if lm.model.sampler(name).takes_steps]
+        return list(lm.model.chain_sampler_names)
 
     async def interpolate(
         self, lm: LoadedModel, za: torch.Tensor, zb: torch.Tensor, steps: int, method: str

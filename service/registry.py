@@ -110,9 +110,7 @@ class LoadedModel:
             "operations": self.operations,
             "inversion": list(self.model.inversion_methods),
             "samplers": list(self.model.sampler_names),
-            "chain_samplers": [
-                name for name in self.model.sampler_names if self.model.sampler(name).takes_steps
-            ],
+            "chain_samplers": list(self.model.chain_sampler_names),
             "parameters": self.model.parameter_count(),
             "class_names": self.class_names,
             "conditional": self.model.conditional,

@@ -34,7 +34,7 @@ from models.anomaly import (
 
 from .data import Dataset
 from .ood import auroc, ood_sets
-from .scoring import Metrics, as_float
+from .scoring import Metrics, as_float, in_batches
 
 LN2 = math.log(2)
 
@@ -52,12 +52,10 @@ def log_likelihoods(
     return torch.cat(out).double()
 
 
-@torch.no_grad()
-def model_features(model: LatentModel, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+def model_features(model: LatentModel, x: torch.Tensor) -> torch.Tensor:
     """The features the model's density declares for the anomaly score, of images x: [N, D]."""
     assert model.density is not None and model.density.features is not None
-    method = getattr(model, model.density.features)
-    return torch.cat([method(x[i : i + batch]) for i in range(0, len(x), batch)])
+    return in_batches(getattr(model, model.density.features), x)
 
 
 def per_pixel_baseline(train: torch.Tensor, test: torch.Tensor, convention: str) -> float:
@@ -145,9 +143,9 @@ def anomaly_metrics(
 
     # a density with features: their Gaussian on training images, for the combined score
     gaussian: FeatureGaussian | None = None
-    train = as_float(data.train.images)[: getattr(args, "feature_images", 10_000)]
+    train = data.train.images[: getattr(args, "feature_images", 10_000)]
     if model.density.features is not None and has_anomaly_score(model.density) and len(train) > 1:
-        gaussian = fit_feature_gaussian(model_features(model, train))
+        gaussian = fit_feature_gaussian(model_features(model, as_float(train)))
 
     def distances(x: torch.Tensor) -> np.ndarray:
         assert gaussian is not None
