@@ -407,9 +407,38 @@ def test_gan_mixture_prior_draws_each_code_near_its_components_mean(tmp_path: Pa
         plain.component_latents(torch.tensor([0]))
 
 
+def test_gan_one_hot_components_put_each_class_in_a_code_dimension_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """one_hot_components: the code is [eps [K], one_hot(k)], the spread only in eps; the
+    generator takes K + classes numbers, and the whole code round-trips through the artifact."""
+    model = tiny_model(
+        "gan", mixture_prior=True, one_hot_components=True, label_classes=3, class_guidance=1.0
+    )
+    k = model.config.latent_dim
+    assert model.latent_dim == k + 3 and "one-hot code of one of 3" in str(model.latent_prior)
+    assert model.prior_means is not None and model.prior_weights is not None
+    torch.testing.assert_close(model.prior_means[:, k:], torch.eye(3))
+    assert float(model.prior_means[:, :k].abs().max()) == 0.0
+    model.prior_weights.copy_(torch.tensor([0.2, 0.0, 0.8]))
+    z = model.sample_latent(4000, torch.Generator().manual_seed(0), temperature=0.5)
+    assert z.shape == (4000, k + 3)
+    tail = z[:, k:]
+    assert torch.equal(tail.sum(1), torch.ones(4000)) and float(tail[:, 1].sum()) == 0.0
+    assert abs(float(tail[:, 2].mean()) - 0.8) < 0.03  # drawn by the prior's weights
+    assert math.isclose(float(z[:, :k].std(0).mean()), 0.5, rel_tol=0.05)
+    assert model.decode(z[:4]).shape == (4, 1, 28, 28)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.latent_dim == k + 3 and torch.equal(loaded.prior_means, model.prior_means)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().decode(z[:4]), model.eval().decode(z[:4]))
+
+
 @pytest.mark.parametrize(
     ("family", "config", "message"),
     [
+        ("gan", {"one_hot_components": True, "label_classes": 3}, "needs mixture_prior"),
         ("gan", {"class_guidance": 1.0}, "label_classes >= 2\\), got 0"),
         ("gan", {"class_guidance": -1.0, "label_classes": 3}, "class_guidance must be a number"),
         ("cgan", {"class_guidance": 1.0, "label_classes": 3}, "for the unconditional GAN"),

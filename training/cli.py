@@ -217,6 +217,13 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         "fakes against their component (projection + AC-GAN head at --class-guidance)",
     )
     g.add_argument(
+        "--one-hot-components",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gan, with --mixture-prior: each component a one-hot tail of the code "
+        "[z, one_hot(k)] (InfoGAN's categorical code) instead of a random mean",
+    )
+    g.add_argument(
         "--lr-critic", type=positive_float, default=4e-4, help="gan: critic learning rate"
     )
     g.add_argument(
