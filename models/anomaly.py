@@ -32,6 +32,20 @@ stored as ``anomaly_features.safetensors``. The two are combined as Fisher's met
 tests: each becomes its upper tail share p among the held-out images, and the score is
 -ln(1 - p_complexity) - ln(1 - p_distance) (higher = less like the training data); the
 calibration then holds the held-out images' combined scores as well as each part's.
+
+Neither part sees which way up an image is: a garment upside down has the training data's
+strokes, textures and, for many classes, nearly its silhouette. The third part asks the model
+itself, as the transformation-based detectors do with a classifier (Golan & El-Yaniv,
+"Deep Anomaly Detection Using Geometric Transformations", NeurIPS 2018; Hendrycks et al.,
+"Using Self-Supervised Learning Can Improve Model Robustness and Uncertainty", NeurIPS 2019):
+the orientation score is how much more likely the model finds the best of the image's quarter
+turns and its upside-down mirror image than the image as given,
+
+    O(x) = max_T [log2 p(T x) - log2 p(x)] / dims     (bits/dim; T over ``orientations``)
+
+which is negative for training-like images (they are most likely the way they were drawn) and
+rises for anything whose orientation the model does not expect. A likelihood ratio of the same
+model, its normaliser cancels: an RBM's needs no partition function.
 """
 
 from __future__ import annotations
@@ -67,13 +81,77 @@ def has_anomaly_score(density: Density | None) -> bool:
 METHOD = (
     "input complexity (Serra et al. 2020): -log2 p(x) minus the WebP-lossless length of x, bits/dim"
 )
-COMBINED_METHOD = (
-    "input complexity (Serra et al. 2020) and the Mahalanobis distance of the model's features "
-    "to their training Gaussian (Lee et al. 2018), combined by Fisher's method: "
-    "-ln(1 - p) summed over both, p = the share of held-out images scoring lower"
-)
-#: the parts of a combined score, as its calibration and the anomaly reply name them
-PARTS = ("input_complexity", "feature_distance")
+#: the parts a combined score may have, in this order (input complexity always first), as
+#: its calibration and the anomaly reply name them, and how its method names each
+PARTS = ("input_complexity", "feature_distance", "orientation")
+PART_METHODS = {
+    "input_complexity": "input complexity (Serra et al. 2020)",
+    "feature_distance": "the Mahalanobis distance of the model's features to their training "
+    "Gaussian (Lee et al. 2018)",
+    "orientation": "the orientation likelihood ratio (the likeliest of the image's quarter "
+    "turns and upside-down mirror against the image itself, after Golan & El-Yaniv 2018)",
+}
+
+
+def combined_method(parts: tuple[str, ...]) -> str:
+    """The ``method`` of a score combining ``parts`` (a subsequence of PARTS)."""
+    named = [PART_METHODS[p] for p in parts]
+    listed = ", ".join(named[:-1]) + " and " + named[-1]
+    return (
+        f"{listed}, combined by Fisher's method: -ln(1 - p) summed over the parts, "
+        "p = the share of held-out images scoring lower"
+    )
+
+
+def check_parts(parts: tuple[str, ...]) -> None:
+    """A combined score's parts: input complexity and at least one more, in PARTS' order."""
+    ordered = [p for p in PARTS if p in parts]
+    if (
+        len(parts) < 2
+        or parts[0] != PARTS[0]
+        or list(parts) != ordered
+        or len(set(parts)) != len(parts)
+    ):
+        raise ValueError(
+            f"a combined calibration has input_complexity and at least one more of {PARTS} "
+            f"in that order, got {list(parts)}"
+        )
+
+
+def orientations(image_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The reorientations the orientation part tries: quarter turns (square images only) and
+    the upside-down mirror image."""
+    _, h, w = image_shape
+    return ("rot90", "rot180", "rot270", "vflip") if h == w else ("rot180", "vflip")
+
+
+def reorient(x: torch.Tensor, turns: tuple[str, ...]) -> torch.Tensor:
+    """Images x [B, C, H, W] -> each reorientation of all of them, one after the other:
+    [len(turns) * B, C, H, W]."""
+    out = []
+    for turn in turns:
+        if turn == "vflip":
+            out.append(x.flip(2))
+        elif turn in ("rot90", "rot180", "rot270"):
+            out.append(x.rot90(int(turn[3:]) // 90, (2, 3)))
+        else:
+            raise ValueError(f"unknown reorientation {turn!r}")
+    return torch.cat(out).contiguous()
+
+
+def orientation_score(
+    log_likelihood_nats: torch.Tensor, reoriented_nats: torch.Tensor, dims: int
+) -> torch.Tensor:
+    """O(x) from log p(x) [B] and log p of reorient(x) [T * B] (nats): [B] bits/dim (float64)."""
+    b = len(log_likelihood_nats)
+    if b == 0 or reoriented_nats.numel() % b:
+        raise ValueError(
+            f"expected a multiple of {b} reoriented likelihoods, got {reoriented_nats.numel()}"
+        )
+    best = reoriented_nats.double().view(-1, b).max(0).values  # [B]
+    return (best - log_likelihood_nats.double()) / (math.log(2) * dims)
+
+
 FEATURES_FILE = "anomaly_features.safetensors"
 MAX_FEATURES = 4096  # a precision matrix of 4096^2 float32 is 64 MB: the most a model may bring
 MAX_CALIBRATION_BYTES = 4 << 20
@@ -131,16 +209,22 @@ class Calibration:
         _check_sorted("calibration scores", self.scores)
         for name, scores in self.parts:
             _check_sorted(f"calibration part {name!r}", scores)
-        if self.parts and tuple(name for name, _ in self.parts) != PARTS:
-            raise ValueError(f"a combined calibration has the parts {PARTS}")
+        if self.parts:
+            check_parts(self.part_names)
 
     @property
     def combined(self) -> bool:
         return bool(self.parts)
 
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.parts)
+
     def combine(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         """Each image's combined score [B] from its parts' values [B] (Fisher's method over the
         parts' upper tail shares among the held-out images)."""
+        if set(parts) != set(self.part_names):
+            raise ValueError(f"the parts {sorted(parts)} are not {list(self.part_names)}")
         total = np.zeros(len(parts[PARTS[0]]))
         for name, reference in self.parts:
             share = np.array([_share_below(reference, float(v)) for v in parts[name]])
@@ -164,10 +248,15 @@ class Calibration:
 
 def combined_calibration(calibration: Calibration, parts: dict[str, np.ndarray]) -> Calibration:
     """A calibration of the complexity score alone, made a combined one from the same held-out
-    images' parts (PARTS, each [N]): each part's scores, and the combined scores."""
+    images' parts (input complexity and others of PARTS, each [N]): each part's scores, and the
+    combined scores."""
+    names = tuple(p for p in PARTS if p in parts)
+    if len(names) != len(parts):
+        raise ValueError(f"unknown parts {sorted(set(parts) - set(PARTS))}; known: {PARTS}")
+    check_parts(names)
     with_parts = dataclasses.replace(
-        calibration, method=COMBINED_METHOD,
-        parts=tuple((name, tuple(sorted(float(s) for s in parts[name]))) for name in PARTS),
+        calibration, method=combined_method(names),
+        parts=tuple((name, tuple(sorted(float(s) for s in parts[name]))) for name in names),
     )  # fmt: skip
     combined = with_parts.combine(parts)
     return dataclasses.replace(with_parts, scores=tuple(sorted(float(s) for s in combined)))

@@ -5,8 +5,8 @@ declaration says it computes, checked parameters, and the reply's numbers.
 a bound, an estimate) and the convention it is on (models/operations.py ``Density``).
 ``anomaly`` turns the likelihood into the input-complexity score of models/anomaly.py (for a
 model whose calibration combines parts, with the distance of its features to their training
-Gaussian) and places it among the scores of held-out training-like images stored with the
-weights.
+Gaussian and the likelihood of the image's reorientations against its own) and places it among
+the scores of held-out training-like images stored with the weights.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models import Op
-from models.anomaly import complexity_score
+from models.anomaly import complexity_score, orientation_score, orientations, reorient
 
 from .config import Settings
 from .inference import Operations
@@ -99,13 +99,17 @@ async def anomaly_scores(ops: Operations, lm: LoadedModel, x: torch.Tensor) -> A
     scores = complexity_score(ll, x, density.convention).numpy()
     parts: dict[str, np.ndarray] = {}
     if calibration.combined:
-        assert lm.features is not None and density.features is not None  # registry checked
-        features = await ops.run(lm, "likelihood", x, op=Op(density.features))
-        assert isinstance(features, torch.Tensor)
-        parts = {
-            "input_complexity": scores,
-            "feature_distance": lm.features.distance(features).numpy(),
-        }
+        parts["input_complexity"] = scores
+        if "feature_distance" in calibration.part_names:
+            assert lm.features is not None and density.features is not None  # registry checked
+            features = await ops.run(lm, "likelihood", x, op=Op(density.features))
+            assert isinstance(features, torch.Tensor)
+            parts["feature_distance"] = lm.features.distance(features).numpy()
+        if "orientation" in calibration.part_names:
+            turns = orientations(lm.model.image_shape)
+            reoriented = await ops.log_likelihood(lm, reorient(x, turns), samples)
+            dims = math.prod(lm.model.image_shape)
+            parts["orientation"] = orientation_score(ll, reoriented, dims).numpy()
         scores = calibration.combine(parts)
     percentiles = np.array([calibration.percentile(float(s)) for s in scores])
     return AnomalyScores(

@@ -147,7 +147,7 @@ def _read_anomaly(
         return None, None
     try:
         calibration = read_calibration(folder)
-        if calibration is None or not calibration.combined:
+        if calibration is None or "feature_distance" not in calibration.part_names:
             return calibration, None
         method = model.density.features if model.density else None
         if method is None:

@@ -148,8 +148,10 @@ class AnomalyReply(Timed):
     likelihood: LikelihoodValue
     parts: dict[str, float] | None = Field(
         None,
-        description="a combined score's parts: input_complexity (bits/dim) and "
-        "feature_distance (squared Mahalanobis distance of the model's features)",
+        description="a combined score's parts: input_complexity (bits/dim) and those its "
+        "calibration adds: feature_distance (squared Mahalanobis distance of the model's "
+        "features), orientation (bits/dim by which the likeliest quarter turn or upside-down "
+        "mirror of the image beats the image as given)",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from models.anomaly import (
     complexity_score,
     fit_feature_gaussian,
     has_anomaly_score,
+    orientation_score,
+    orientations,
+    reorient,
     write_calibration,
     write_feature_gaussian,
 )
@@ -62,14 +66,22 @@ def write_tiny(folder: Path, family: str, atlas: tuple[str, ...] = ("pca",), **k
         calibration = Calibration(
             METHOD, tuple(sorted(scores.tolist())), "32 random images", 1, model.density.kind
         )
-        if model.density.features is not None:  # the combined score: features' Gaussian too
+        # the combined score, as the evaluator makes it: the orientation part, and the
+        # features' Gaussian where the model has features
+        turns = orientations(model.image_shape)
+        with torch.no_grad():
+            reoriented = model.run("likelihood", reorient(x, turns)).tensors()["log_likelihood"]
+        dims = math.prod(model.image_shape)
+        parts = {"input_complexity": scores.numpy(),
+                 "orientation": orientation_score(ll, reoriented, dims).numpy()}  # fmt: skip
+        if model.density.features is not None:
             features = getattr(model, model.density.features)
             train = torch.rand(64, *model.image_shape, generator=torch.Generator().manual_seed(10))
             with torch.no_grad():
                 gaussian = fit_feature_gaussian(features(train))
                 distance = gaussian.distance(features(x))
             write_feature_gaussian(folder, gaussian)
-            parts = {"input_complexity": scores.numpy(), "feature_distance": distance.numpy()}
-            calibration = combined_calibration(calibration, parts)
+            parts["feature_distance"] = distance.numpy()
+        calibration = combined_calibration(calibration, parts)
         write_calibration(folder, calibration)
     return folder

@@ -15,15 +15,18 @@ import torch.nn.functional as F
 
 from models import build_model, logistic
 from models.anomaly import (
-    COMBINED_METHOD,
     FEATURES_FILE,
     MAX_FEATURES,
     Calibration,
     combined_calibration,
+    combined_method,
     complexity_bits,
     fit_feature_gaussian,
+    orientation_score,
+    orientations,
     read_calibration,
     read_feature_gaussian,
+    reorient,
     write_calibration,
     write_feature_gaussian,
 )
@@ -380,7 +383,9 @@ def test_a_combined_calibration_is_fishers_method_over_its_parts(tmp_path) -> No
     base = Calibration("m", tuple(float(i) for i in range(100)), "ref", 1, "exact")
     parts = {"input_complexity": np.arange(100.0), "feature_distance": np.arange(100.0) * 2}
     cal = combined_calibration(base, parts)
-    assert cal.combined and cal.method == COMBINED_METHOD and not base.combined
+    assert cal.combined and not base.combined
+    assert cal.method == combined_method(("input_complexity", "feature_distance"))
+    assert cal.method.startswith("input complexity (Serra et al. 2020) and the Mahalanobis")
     # 90 has 90 held-out complexities below it; 50 has 25 distances below and one tie
     got = cal.combine(
         {"input_complexity": np.array([10.0, 90.0]), "feature_distance": np.array([50.0, 50.0])}
@@ -392,10 +397,59 @@ def test_a_combined_calibration_is_fishers_method_over_its_parts(tmp_path) -> No
     assert list(cal.scores) == sorted(cal.combine(parts).tolist())
     write_calibration(tmp_path, cal)
     assert read_calibration(tmp_path) == cal
-    with pytest.raises(ValueError, match="parts"):
+    with pytest.raises(ValueError, match="in that order, got \\['a', 'b'\\]"):
         Calibration(
             "m", base.scores, "ref", 1, "exact", parts=(("a", base.scores), ("b", base.scores))
         )
+    with pytest.raises(ValueError, match="are not"):  # a part missing: refused, not ignored
+        cal.combine({"input_complexity": np.array([1.0])})
+
+
+def test_a_calibration_takes_any_parts_in_order_after_input_complexity(tmp_path) -> None:
+    """input complexity with the orientation part alone (a model without features), or with
+    all three; out of order, alone or unknown: refused with the rule."""
+    base = Calibration("m", tuple(float(i) for i in range(20)), "ref", 1, "exact")
+    two = combined_calibration(
+        base, {"orientation": -np.arange(20.0), "input_complexity": np.arange(20.0)}
+    )
+    assert two.part_names == ("input_complexity", "orientation")  # PARTS' order, not the dict's
+    assert "orientation likelihood ratio" in two.method and "Mahalanobis" not in two.method
+    write_calibration(tmp_path, two)
+    assert read_calibration(tmp_path) == two
+    scores = base.scores
+    for bad in (
+        (("orientation", scores), ("input_complexity", scores)),
+        (("input_complexity", scores),),
+        (("input_complexity", scores), ("orientation", scores), ("orientation", scores)),
+    ):
+        with pytest.raises(ValueError, match="in that order"):
+            Calibration("m", scores, "ref", 1, "exact", parts=bad)
+    with pytest.raises(ValueError, match="unknown parts"):
+        combined_calibration(base, {"input_complexity": np.zeros(20), "colour": np.zeros(20)})
+
+
+def test_the_orientation_score_is_the_likeliest_reorientation_against_the_image() -> None:
+    """reorient stacks every turn of the whole batch; the score is, per image, the best
+    reoriented log-likelihood minus its own, in bits/dim."""
+    x = torch.arange(2 * 3 * 3.0).view(2, 1, 3, 3)
+    turns = orientations((1, 3, 3))
+    assert turns == ("rot90", "rot180", "rot270", "vflip")
+    assert orientations((3, 4, 6)) == ("rot180", "vflip")  # no quarter turns off the square
+    stacked = reorient(x, turns)
+    assert stacked.shape == (8, 1, 3, 3)
+    assert torch.equal(stacked[2], torch.rot90(x[0], 2, (1, 2)))  # rot180 of the first image
+    assert torch.equal(stacked[7], x[1].flip(1))  # the second image upside down
+    assert stacked[6, 0, 0].tolist() == [6.0, 7.0, 8.0]  # its last row first
+    with pytest.raises(ValueError, match="unknown reorientation"):
+        reorient(x, ("rot45",))
+    ll = torch.tensor([-10.0, -20.0])
+    reoriented = torch.tensor([-30.0, -15.0, -12.0, -25.0, -40.0, -19.0, -50.0, -21.0])
+    got = orientation_score(ll, reoriented, dims=2)
+    # image 0: best -12 against -10; image 1: best -15 against -20; nats -> bits, per dim
+    expected = torch.tensor([-2.0, 5.0], dtype=torch.float64) / (2 * math.log(2))
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        orientation_score(ll, reoriented[:3], dims=2)
 
 
 def test_auroc_and_the_out_of_distribution_sets() -> None:

@@ -47,17 +47,20 @@ def test_evaluate_writes_a_combined_anomaly_calibration_for_a_model_with_feature
     assert main(["evaluate", "--model", str(out), "--no-atlas", "--limit", "30", "--threads", "1",
                  "--ood-images", "20", "--calibration-images", "20", "--feature-images", "40"]) == 0  # fmt: skip
     metrics = json.loads((out / "card.json").read_text())["metrics"]
-    assert metrics["anomaly_method"].startswith("input complexity (Serra et al. 2020) and")
+    assert metrics["anomaly_method"].startswith("input complexity (Serra et al. 2020), the")
     assert metrics["anomaly_feature_images"] == 40 and metrics["anomaly_features"] > 0
+    assert metrics["anomaly_orientations"] == ["rot90", "rot180", "rot270", "vflip"]
     table = metrics["anomaly_auroc"]
     assert len(table) == 6
+    parts = ("likelihood", "input_complexity", "feature_distance", "orientation", "combined")
     for row in table.values():
-        assert {"likelihood", "input_complexity", "feature_distance", "combined"} <= set(row)
-        assert all(0 <= row[k] <= 1 for k in ("likelihood", "input_complexity", "combined"))
+        assert set(parts) <= set(row)
+        assert all(0 <= row[k] <= 1 for k in parts)
     assert metrics["anomaly_auroc_min"] == min(row["combined"] for row in table.values())
     calibration = read_calibration(out)
     gaussian = read_feature_gaussian(out)
-    assert calibration is not None and calibration.combined and len(calibration.scores) == 20
+    assert calibration is not None and len(calibration.scores) == 20
+    assert calibration.part_names == ("input_complexity", "feature_distance", "orientation")
     assert gaussian is not None and (out / FEATURES_FILE).is_file()
     assert len(gaussian.mean) == metrics["anomaly_features"]
 

@@ -116,19 +116,27 @@ def test_a_model_with_features_answers_the_combined_score_with_its_parts(
     calibration = read_calibration(weights_dir / "made-t")
     gaussian = read_feature_gaussian(weights_dir / "made-t")
     assert calibration is not None and calibration.combined and gaussian is not None
+    assert calibration.part_names == ("input_complexity", "feature_distance", "orientation")
     x = as_tensor()
+    turned = torch.cat([x.rot90(1, (2, 3)), x.rot90(2, (2, 3)), x.rot90(3, (2, 3)), x.flip(2)])
     with torch.no_grad():
-        complexity = float(complexity_score(model.log_likelihood(x), x, "8-bit discrete")[0])
+        ll = model.log_likelihood(x)
+        complexity = float(complexity_score(ll, x, "8-bit discrete")[0])
         distance = float(gaussian.distance(model.anomaly_features(x))[0])
+        # the likeliest of its quarter turns and upside-down mirror against the image, bits/dim
+        orientation = float((model.log_likelihood(turned).max() - ll[0]) / (math.log(2) * 784))
     parts = body["parts"]
     assert parts["input_complexity"] == pytest.approx(complexity, rel=1e-4, abs=1e-4)
     assert parts["feature_distance"] == pytest.approx(distance, rel=1e-3)
-    expected = calibration.combine(
-        {"input_complexity": np.array([complexity]), "feature_distance": np.array([distance])}
-    )[0]
+    assert parts["orientation"] == pytest.approx(orientation, rel=1e-4, abs=1e-5)
+    expected = calibration.combine({
+        "input_complexity": np.array([complexity]), "feature_distance": np.array([distance]),
+        "orientation": np.array([orientation]),
+    })[0]  # fmt: skip
     assert body["score"] == pytest.approx(expected, rel=1e-6)
     assert body["percentile"] == pytest.approx(calibration.percentile(body["score"]))
-    assert body["method"].startswith("input complexity (Serra et al. 2020) and the Mahalanobis")
+    assert body["method"].startswith("input complexity (Serra et al. 2020), the Mahalanobis")
+    assert "orientation likelihood ratio" in body["method"]
 
 
 def test_a_combined_calibration_without_its_features_file_serves_no_anomaly(

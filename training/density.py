@@ -19,15 +19,19 @@ from tqdm import tqdm
 
 from models import LatentModel
 from models.anomaly import (
-    COMBINED_METHOD,
     COMPLEXITY_CONVENTIONS,
     METHOD,
+    PARTS,
     Calibration,
     FeatureGaussian,
     combined_calibration,
+    combined_method,
     complexity_bits,
     fit_feature_gaussian,
     has_anomaly_score,
+    orientation_score,
+    orientations,
+    reorient,
     write_calibration,
     write_feature_gaussian,
 )
@@ -147,24 +151,38 @@ def anomaly_metrics(
     if model.density.features is not None and has_anomaly_score(model.density) and len(train) > 1:
         gaussian = fit_feature_gaussian(model_features(model, as_float(train)))
 
-    def distances(x: torch.Tensor) -> np.ndarray:
-        assert gaussian is not None
-        return gaussian.distance(model_features(model, x)).numpy()
+    # the orientation part: wherever the score is served (its likelihood is a code length)
+    turns = orientations(model.image_shape) if has_anomaly_score(model.density) else ()
 
-    out: dict[str, Any] = {"anomaly_method": METHOD if gaussian is None else COMBINED_METHOD}
+    def extra_parts(x: torch.Tensor, ll: torch.Tensor, what: str) -> dict[str, np.ndarray]:
+        """The parts beside input complexity of images x [N] whose likelihoods are ll [N]."""
+        parts = {}
+        if gaussian is not None:
+            parts["feature_distance"] = gaussian.distance(model_features(model, x)).numpy()
+        if turns:
+            reoriented = log_likelihoods(model, reorient(x, turns), samples, f"{what}, reoriented")
+            parts["orientation"] = orientation_score(ll, reoriented, dims).numpy()
+        return parts
+
+    names = (PARTS[0], *(["feature_distance"] if gaussian is not None else []),
+             *(["orientation"] if turns else []))  # fmt: skip
+    out: dict[str, Any] = {"anomaly_method": combined_method(names) if len(names) > 1 else METHOD}
     if gaussian is not None:
         out.update(anomaly_feature_images=len(train), anomaly_features=len(gaussian.mean))
+    if turns:
+        out["anomaly_orientations"] = list(turns)
     calibration: Calibration | None = None
     val = as_float(data.val.images)[: getattr(args, "calibration_images", 2000)]
     if len(val) >= 10:
-        _, val_scores = scores(val, log_likelihoods(model, val, samples, "validation likelihood"))
+        val_ll = log_likelihoods(model, val, samples, "validation likelihood")
+        _, val_scores = scores(val, val_ll)
         calibration = Calibration(
             method=METHOD, scores=tuple(sorted(float(s) for s in val_scores)),
             reference=f"validation split of {data.name}, {len(val)} images", samples=samples,
             likelihood=model.density.describe(samples),
         )  # fmt: skip
-        if gaussian is not None:  # each part's held-out scores, then the combined ones
-            parts = {"input_complexity": val_scores, "feature_distance": distances(val)}
+        if len(names) > 1:  # each part's held-out scores, then the combined ones
+            parts = {"input_complexity": val_scores, **extra_parts(val, val_ll, "validation")}
             calibration = combined_calibration(calibration, parts)
             val_scores = calibration.combine(parts)
         out["anomaly_calibration_images"] = len(val)
@@ -183,11 +201,12 @@ def anomaly_metrics(
     combined = calibration is not None and calibration.combined
     if combined:
         assert calibration is not None
-        in_d = distances(inl)
-        in_c = calibration.combine({"input_complexity": in_s, "feature_distance": in_d})
+        in_parts = {"input_complexity": in_s, **extra_parts(inl, test_ll[:n], "test")}
+        in_c = calibration.combine(in_parts)
     table = {}
     for name, x in tqdm(ood_sets(test, n).items(), desc="out-of-distribution sets", leave=False):
-        raw, corrected = scores(x, log_likelihoods(model, x, samples, name))
+        ll = log_likelihoods(model, x, samples, name)
+        raw, corrected = scores(x, ll)
         table[name] = {
             "likelihood": auroc(in_raw, raw),
             "input_complexity": auroc(in_s, corrected),
@@ -195,10 +214,10 @@ def anomaly_metrics(
         }
         if combined:
             assert calibration is not None
-            d = distances(x)
-            both = calibration.combine({"input_complexity": corrected, "feature_distance": d})
-            table[name]["feature_distance"] = auroc(in_d, d)
-            table[name]["combined"] = auroc(in_c, both)
+            parts = {"input_complexity": corrected, **extra_parts(x, ll, name)}
+            for part in calibration.part_names[1:]:
+                table[name][part] = auroc(in_parts[part], parts[part])
+            table[name]["combined"] = auroc(in_c, calibration.combine(parts))
     out["anomaly_auroc"] = table
     served = "combined" if combined else "input_complexity"
     out["anomaly_auroc_min"] = min(v[served] for v in table.values())  # the served score's

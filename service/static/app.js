@@ -174,10 +174,12 @@ $("likelihood").addEventListener("click", () => run(async () => {
 $("anomaly").addEventListener("click", () => run(async () => {
   const r = await call(`/v1/models/${model.name}/anomaly`, { form: await imageForm() });
   // a combined score (Fisher's method over its parts) has no unit; its parts are shown too
-  const parts = r.parts ? {
-    "input complexity": `${r.parts.input_complexity.toFixed(3)} bits/dim`,
-    "feature distance": r.parts.feature_distance.toFixed(1),
-  } : {};
+  const units = {
+    input_complexity: (v) => `${v.toFixed(3)} bits/dim`, feature_distance: (v) => v.toFixed(1),
+    orientation: (v) => `${v.toFixed(3)} bits/dim`,
+  };
+  const parts = Object.fromEntries(Object.entries(r.parts || {}).map(
+    ([name, v]) => [name.replace("_", " "), (units[name] || ((u) => u.toFixed(3)))(v)]));
   showFacts({
     verdict: r.anomalous ? "anomalous" : "looks like the training data",
     score: r.parts ? r.score.toFixed(2) : `${r.score.toFixed(3)} bits/dim`,
