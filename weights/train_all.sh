@@ -12,7 +12,7 @@ declare -A RECIPE=(
   [ae-fashion]="--family ae --latent-dim 32 --epochs 40 --batch-size 64 --lr 3e-3"
   [dae-fashion]="--family dae --latent-dim 784 --spatial-code --epochs 32 --batch-size 64 --lr 3e-3 --prior-components 0"
   [vae-fashion]="--family vae --latent-dim 16 --epochs 30 --batch-size 64 --lr 2e-3"
-  [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64 --class-guidance 1"
+  [gan-fashion]="--family gan --latent-dim 64 --epochs 20 --batch-size 64 --mixture-prior --one-hot-components --class-guidance 1"
   [cvae-fashion]="--family cvae --latent-dim 16 --epochs 12 --batch-size 64 --lr 2e-3"
   [cgan-fashion]="--family cgan --latent-dim 64 --aux-class-weight 1 --epochs 20 --batch-size 64"
   [stacked-ae-fashion]="--family stacked-ae --latent-dim 16 --hidden-sizes 1024,256 --no-tied-weights --pretrain-epochs 2 --epochs 40 --batch-size 64 --lr 1e-3"
@@ -26,7 +26,7 @@ declare -A STAGES=(
   [dae-fashion]="--epochs 16 --lr 1e-3 --seed 1 --prior-components 0|--noise-probs 0.6,0.2,0.2 --epochs 14 --lr 5e-4 --seed 2 --prior-components 0"
   [cvae-fashion]="--consistency-weight 20 --epochs 4 --lr 1e-3 --seed 1"
   [cgan-fashion]="--aux-class-weight 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1"
-  [gan-fashion]="--class-guidance 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1"
+  [gan-fashion]="--class-guidance 3 --epochs 3 --lr 1e-4 --lr-critic 2e-4 --seed 1|--class-guidance 3 --epochs 3 --lr 5e-5 --lr-critic 1e-4 --seed 2"
 )
 # After training: the GANs' inverters (amortised inversion), the dae's latent density.
 declare -A AFTER=(
