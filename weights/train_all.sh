@@ -30,7 +30,7 @@ declare -A STAGES=(
 )
 # After training: the GANs' inverters (amortised inversion), the dae's latent density.
 declare -A AFTER=(
-  [gan-fashion]="fit-inverter"
+  [gan-fashion]="fit-inverter --epochs 16"
   [cgan-fashion]="fit-inverter"
   [dae-fashion]="fit-prior"
 )
@@ -61,7 +61,8 @@ for name in "${names[@]}"; do
   fi
   if [ -n "${AFTER[$name]:-}" ]; then
     echo "== ${AFTER[$name]} $name"
-    $PY -m training "${AFTER[$name]}" --model "weights/$name" 2>&1 | tee "runs/logs/$name.${AFTER[$name]}.log"
+    # shellcheck disable=SC2086
+    $PY -m training ${AFTER[$name]} --model "weights/$name" 2>&1 | tee "runs/logs/$name.${AFTER[$name]%% *}.log"
   fi
 done
 if [ "${SKIP_EVALUATE:-0}" != 1 ]; then
