@@ -32,35 +32,43 @@ from .__main__ import ROOT, free_port, server
 LUA = ROOT / "bench" / "soak_mixed.lua"
 
 
+def request_bodies(m: dict) -> dict[str, tuple[str, bytes]]:
+    """One request body (content type, bytes) for each operation the model ``m`` (an entry
+    of ``GET /v1/models``) supports: a random image, a small latent, a seeded draw."""
+    c, side, _ = m["image_shape"]
+    arr = (
+        np.random.default_rng(0).random((side, side) if c == 1 else (side, side, 3)) * 255
+    ).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    image_json = json.dumps({"image": base64.b64encode(png).decode()})
+    bodies = {
+        "reconstruct": ("application/json", image_json),
+        "encode": ("application/json", image_json),
+        "classify": ("application/json", image_json),
+        "likelihood": ("application/json", image_json),
+        "anomaly": ("application/json", image_json),
+        "denoise": ("image/png", png),
+        "decode": ("application/json", json.dumps({"latent": [0.1] * m["latent_dim"]})),
+        "generate": ("application/json", json.dumps({"n": 8, "seed": 3})),
+        "arithmetic": ("application/json", json.dumps({f"latent_{t}": [0.1 * i] * m["latent_dim"] for i, t in enumerate("abc")})),
+        "interpolate": ("application/json", json.dumps({"seed_a": 1, "seed_b": 2, "steps": 8} if m["latent_prior"] else {"latent_a": [0.0] * m["latent_dim"], "latent_b": [1.0] * m["latent_dim"], "steps": 8})),
+    }  # fmt: skip
+    out = {}
+    for op in m["operations"]:
+        ctype, body = bodies[op]
+        out[op] = (ctype, body if isinstance(body, bytes) else body.encode())
+    return out
+
+
 def prepare(folder: Path, base: str) -> None:
     """One request body per operation each model supports, and the plan wrk cycles through."""
-    models = httpx.get(f"{base}/v1/models").json()["models"]
     plan = []
-    for m in models:
-        c, side, _ = m["image_shape"]
-        arr = (
-            np.random.default_rng(0).random((side, side) if c == 1 else (side, side, 3)) * 255
-        ).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(arr).save(buffer, format="PNG")
-        png = buffer.getvalue()
-        image_json = json.dumps({"image": base64.b64encode(png).decode()})
-        bodies = {
-            "reconstruct": ("application/json", image_json),
-            "encode": ("application/json", image_json),
-            "classify": ("application/json", image_json),
-            "likelihood": ("application/json", image_json),
-            "anomaly": ("application/json", image_json),
-            "denoise": ("image/png", png),
-            "decode": ("application/json", json.dumps({"latent": [0.1] * m["latent_dim"]})),
-            "generate": ("application/json", json.dumps({"n": 8, "seed": 3})),
-            "arithmetic": ("application/json", json.dumps({f"latent_{t}": [0.1 * i] * m["latent_dim"] for i, t in enumerate("abc")})),
-            "interpolate": ("application/json", json.dumps({"seed_a": 1, "seed_b": 2, "steps": 8} if m["latent_prior"] else {"latent_a": [0.0] * m["latent_dim"], "latent_b": [1.0] * m["latent_dim"], "steps": 8})),
-        }  # fmt: skip
-        for op in m["operations"]:
-            ctype, body = bodies[op]
+    for m in httpx.get(f"{base}/v1/models").json()["models"]:
+        for op, (ctype, body) in request_bodies(m).items():
             file = f"{m['name']}-{op}.body"
-            (folder / file).write_bytes(body if isinstance(body, bytes) else body.encode())
+            (folder / file).write_bytes(body)
             plan.append(f"/v1/models/{m['name']}/{op} {ctype} {file}")
     (folder / "plan.txt").write_text("\n".join(plan) + "\n")
 

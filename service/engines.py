@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .memory import return_freed_memory
 from .onnx_engine import onnx_call
 from .tracing import assert_same, trace_call
 
@@ -74,6 +75,12 @@ class EngineCall:
         return self.eager(x)
 
     def compile(self, x: torch.Tensor) -> None:
+        try:
+            self._compile(x)
+        finally:
+            return_freed_memory()  # the exporter's and tracer's garbage (service/memory.py)
+
+    def _compile(self, x: torch.Tensor) -> None:
         self.state = "eager"  # unless an engine below succeeds
         # Compiled on EXAMPLE_ROWS rows whatever the first batch held: a branch on the batch
         # size is fixed in a trace or a graph, and it should be the one for batches under

@@ -296,7 +296,8 @@ class Operations:
         """Run one small batch of each model's traceable calls, so that their traces exist
         before the first requests need them (tracing takes ~0.1-0.5 s per call, and ~5-10
         MB each: LATENTSERVE_TRACE_AT_START). The calls are exactly those requests make
-        (``call``), read from the declaration. Returns how many calls are now traced. The
+        (``call``), read from the declaration, and the anomaly score's features call where
+        the model serves one. Returns how many calls are now traced. The
         batches queue like requests: traffic that arrives meanwhile waits behind at most
         one of them. The GIF encoder's process starts here too."""
         await asyncio.to_thread(self.gifs.start)
@@ -321,6 +322,15 @@ class Operations:
                     log.warning("warming up %s.%s failed: %s", lm.name, op.method, exc)
                 if self.compiled(lm, op.method).state not in ("pending", "eager"):
                     traced.add((lm.name, op.method))
+            features = model.density.features if model.density and lm.features else None
+            if features:  # the anomaly score's feature distance runs this call too
+                x = torch.rand(1, *model.image_shape, generator=g)
+                try:
+                    await self.engine.run(self.call(lm, "likelihood", op=Op(features)), x)
+                except Exception as exc:
+                    log.warning("warming up %s.%s failed: %s", lm.name, features, exc)
+                if self.compiled(lm, features).state not in ("pending", "eager"):
+                    traced.add((lm.name, features))
         return len(traced)
 
     async def encode(
