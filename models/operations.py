@@ -47,9 +47,9 @@ INPUTS = {
 
 #: L-BFGS evaluations after an inverter's prediction (inversion.refine): the service's default
 #: (``LATENTSERVE_INVERSION_REFINE_STEPS``) and the evaluator's, sized to answer a single image
-#: within 50 ms through the service on 2 cores (bench/results/inversion.md: 20 steps of about
-#: 1.7 ms at one image; 30 took 61-63 ms p50)
-REFINE_STEPS = 20
+#: within 50 ms through the service on 2 cores (bench/results/inversion.md: about 2 ms a step
+#: at one image; 20 took 43 ms p50, 22 took 47 ms, 24 took 52-53 ms)
+REFINE_STEPS = 22
 
 
 @dataclasses.dataclass(frozen=True)
