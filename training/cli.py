@@ -250,6 +250,26 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         "chain (default 1: plain block Gibbs sampling)",
     )
     g.add_argument(
+        "--optimizer",
+        choices=("adam", "sgd"),
+        default="adam",
+        help="rbm: adam, or sgd = SGD with momentum 0.9 as in Tieleman 2008 and Hinton's "
+        "practical guide (Adam's per-weight steps let the weights grow and the chains stop mixing)",
+    )
+    g.add_argument(
+        "--centering",
+        action="store_true",
+        help="rbm: train the centred RBM (Montavon & Mueller 2012; Melchior et al. 2016): "
+        "gradients of v - mean(v) and h - mean(h), mapped back to the plain parameters",
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=0.0,
+        help="rbm: L2 weight cost on W (Hinton's practical guide: 1e-4 to 1e-2); small "
+        "weights keep Gibbs chains mixing between classes",
+    )
+    g.add_argument(
         "--ais-betas", type=positive_int, default=14_500,
         help="rbm: intermediate distributions of annealed importance sampling for log Z",
     )  # fmt: skip

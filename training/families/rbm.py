@@ -46,6 +46,20 @@ class RBMRecipe(Recipe):
         self.steps = 0
         self.replicas = int(getattr(args, "replicas", None) or 1)
         self.start: torch.Tensor | None = None  # training images the chains begin at [N, D]
+        self.hidden_offset: torch.Tensor | None = None  # --centering's lambda [H]
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``--optimizer``: Adam, or SGD with momentum 0.9 (Tieleman 2008; Hinton's guide). The
+        ``--weight-decay`` L2 cost applies to W only, as the guide says (not to the biases)."""
+        m, args = self.model, self.args
+        decay = float(getattr(args, "weight_decay", 0.0) or 0.0)
+        groups = [
+            {"params": [m.weight], "weight_decay": decay},
+            {"params": [m.visible_bias, m.hidden_bias], "weight_decay": 0.0},
+        ]
+        if getattr(args, "optimizer", "adam") == "sgd":
+            return {"model": torch.optim.SGD(groups, lr=args.lr, momentum=0.9)}
+        return {"model": torch.optim.Adam(groups, lr=args.lr)}
 
     def begin(self, train: Split, resumed: bool) -> None:
         """Visible biases start at the base rate (Hinton, "A Practical Guide to Training
@@ -90,11 +104,45 @@ class RBMRecipe(Recipe):
                     chain = torch.bernoulli(m.visible_given(h), generator=generator).unsqueeze(1)
             self.chains = chain
             self.steps += self.args.cd_steps
-        loss = m.free_energy(v).mean() - m.free_energy(self.chains[:, 0]).mean()
-        self._step("model", loss)
+        if getattr(self.args, "centering", False):
+            loss = self._centred_step(v, self.chains[:, 0])
+        else:
+            loss = m.free_energy(v).mean() - m.free_energy(self.chains[:, 0]).mean()
+            self._step("model", loss)
         with torch.no_grad():
             error = (m.visible_given(m.hidden_given(v)) - v).pow(2).mean()
         return {"free_energy_gap": loss.item(), "reconstruction_mse": error.item(), **stats}
+
+    @torch.no_grad()
+    def _centred_step(self, data: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """One update of the centred RBM (Montavon & Mueller 2012, "Deep Boltzmann Machines
+        and the Centering Trick"; Melchior, Fischer & Wiskott 2016, "How to Center Deep
+        Boltzmann Machines", JMLR): the energy in terms of v - mu and h - lambda, mu the
+        training pixels' mean, lambda a running mean (rate 0.01) of the data's hidden
+        probabilities. Its weight gradient is the difference of the centred second moments,
+        better conditioned than the plain one; the step is mapped back to the stored
+        parameters (W, b - W lambda, c - W^T mu), so the model is the same family as ever.
+        Data v [B, D], chains [N, D] -> the free-energy gap (what the plain step's loss is)."""
+        m = self.model
+        mu = torch.sigmoid(m.base_rate)  # [D]
+        h_data, h_model = m.hidden_given(data), m.hidden_given(negative)  # [B, H], [N, H]
+        if self.hidden_offset is None:
+            self.hidden_offset = h_data.mean(0)
+        else:
+            self.hidden_offset.lerp_(h_data.mean(0), 0.01)
+        lam = self.hidden_offset  # [H]
+        grad_w = (data - mu).T @ (h_data - lam) / len(data) - (negative - mu).T @ (
+            h_model - lam
+        ) / len(negative)  # [D, H]: the centred log-likelihood gradient's estimate
+        grad_b = data.mean(0) - negative.mean(0)  # [D]
+        grad_c = h_data.mean(0) - h_model.mean(0)  # [H]
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        m.weight.grad = -grad_w  # descent on the negative log-likelihood
+        m.visible_bias.grad = -(grad_b - grad_w @ lam)
+        m.hidden_bias.grad = -(grad_c - grad_w.T @ mu)
+        opt.step()
+        return m.free_energy(data).mean() - m.free_energy(negative).mean()
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
