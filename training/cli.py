@@ -260,7 +260,8 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         "--centering",
         action="store_true",
         help="rbm: train the centred RBM (Montavon & Mueller 2012; Melchior et al. 2016): "
-        "gradients of v - mean(v) and h - mean(h), mapped back to the plain parameters",
+        "gradients of v - mean(v) and h - mean(h), mapped back to the plain parameters (an "
+        "exact reparameterisation with --optimizer sgd; Adam rescales each weight's step)",
     )
     g.add_argument(
         "--weight-decay",
