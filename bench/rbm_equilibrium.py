@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from models import load_model
-from models.gibbs import _log_unnormalised, ais_betas
+from models.gibbs import ais_betas, anneal
 from models.rbm import RBM, binarize
 from training.data import FASHION_MNIST_DIR, load_fashion_mnist_split
 
@@ -53,26 +53,6 @@ def shares(labels: torch.Tensor, weights: torch.Tensor | None = None) -> np.ndar
 
 def fmt(values: np.ndarray) -> str:
     return "[" + " ".join(f"{v:.3f}" for v in values) + "]"
-
-
-def annealed(
-    rbm: RBM, runs: int, count: int, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``runs`` states annealed from the base rate to the model over ``count`` betas, with
-    their log importance weights [runs] (Neal 2001; the AIS of models/gibbs.py)."""
-    base = rbm.base_rate
-    v = torch.bernoulli(torch.sigmoid(base).expand(runs, -1), generator=g)
-    log_w = torch.zeros(runs, dtype=torch.float64)
-    previous, p_v = 0.0, v
-    for beta in ais_betas(count)[1:].tolist():
-        log_w += _log_unnormalised(rbm, v.double(), beta, base) - _log_unnormalised(
-            rbm, v.double(), previous, base
-        )
-        h = torch.bernoulli(torch.sigmoid(beta * (v @ rbm.weight + rbm.hidden_bias)), generator=g)
-        p_v = torch.sigmoid((1 - beta) * base + beta * (h @ rbm.weight.T + rbm.visible_bias))
-        v = torch.bernoulli(p_v, generator=g)
-        previous = beta
-    return p_v, log_w
 
 
 def main() -> int:
@@ -116,7 +96,8 @@ def main() -> int:
             found = shares(judged(judge, p_v))
             print(f"   {mark:6d} steps: {fmt(found)} min {found.min():.3f}"
                   f" ({time.perf_counter() - started:.0f} s)")  # fmt: skip
-        p_v, log_w = annealed(rbm, args.anneal_runs, args.anneal_betas, g)
+        log_w, p_v = anneal(rbm, rbm.base_rate, ais_betas(args.anneal_betas), args.anneal_runs, g)
+        p_v = p_v.float()
         w = torch.softmax(log_w, 0)
         found = judged(judge, p_v)
         print(f"3. {args.anneal_runs} runs annealed over {args.anneal_betas} betas: as they land "

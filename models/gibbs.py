@@ -225,25 +225,27 @@ def tempered_chains(
 
 
 @torch.no_grad()
-def ais_log_partition(
+def anneal(
     rbm: BoltzmannMachine,
     base_bias: torch.Tensor,
     betas: torch.Tensor,
-    runs: int = 100,
+    runs: int,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[float, float]:
-    """(estimate of log Z, its standard error by the delta method) with ``runs`` parallel
-    annealing runs over ``betas`` [K + 1]; ``base_bias`` [D] is the base rate RBM's visible
-    bias (log-odds of the training pixels' means). Computed in float64."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``runs`` annealing runs (Neal 2001) from the base-rate RBM (visible bias ``base_bias``
+    [D]) to ``rbm`` over ``betas`` [K + 1], one Gibbs transition per beta, in float64:
+    (each run's log importance weight [runs], its last p(v = 1 | h) [runs, D]). The weights
+    give AIS's estimate of log Z; weighted, the final states stand for the model's own
+    distribution."""
     if betas.ndim != 1 or float(betas[0]) != 0.0 or float(betas[-1]) != 1.0:
         raise ValueError("betas must run from 0 to 1")
     w, b, c = rbm.weight.double(), rbm.visible_bias.double(), rbm.hidden_bias.double()
     base = base_bias.double()
-    log_z_base = float(F.softplus(base).sum()) + rbm.latent_dim * math.log(2)
     v = (
         torch.rand(runs, rbm.dims, generator=generator, dtype=torch.float64) < torch.sigmoid(base)
     ).double()
+    p_v = v
     log_w = torch.zeros(runs, dtype=torch.float64)
     previous = 0.0
     for k, beta_t in enumerate(betas[1:].tolist()):
@@ -256,6 +258,23 @@ def ais_log_partition(
         previous = beta_t
         if progress is not None and k % 500 == 0:
             progress(k)
+    return log_w, p_v
+
+
+@torch.no_grad()
+def ais_log_partition(
+    rbm: BoltzmannMachine,
+    base_bias: torch.Tensor,
+    betas: torch.Tensor,
+    runs: int = 100,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[float, float]:
+    """(estimate of log Z, its standard error by the delta method) with ``runs`` parallel
+    annealing runs over ``betas`` [K + 1]; ``base_bias`` [D] is the base rate RBM's visible
+    bias (log-odds of the training pixels' means). Computed in float64."""
+    log_w, _ = anneal(rbm, base_bias, betas, runs, generator, progress)
+    log_z_base = float(F.softplus(base_bias.double()).sum()) + rbm.latent_dim * math.log(2)
     log_mean_w = float(torch.logsumexp(log_w, 0)) - math.log(runs)
     ratio = torch.exp(log_w - log_w.max())  # w / max(w)
     rel = float(ratio.std() / ratio.mean()) / math.sqrt(runs) if runs > 1 else float("inf")
