@@ -71,10 +71,15 @@ def one_server(trace_at_start: bool, workers: int) -> dict:
 def summary(runs: list[dict]) -> dict:
     """Per (model, op), the median over rounds; then p50 over operations."""
     keys = [(r["model"], r["op"]) for r in runs[0]["rows"]]
-    first = {k: statistics.median(r["first_ms"] for run in runs for r in run["rows"]
-                                  if (r["model"], r["op"]) == k) for k in keys}  # fmt: skip
-    warm = {k: statistics.median(r["warm_ms"] for run in runs for r in run["rows"]
-                                 if (r["model"], r["op"]) == k) for k in keys}  # fmt: skip
+
+    def median_over_rounds(field: str) -> dict[tuple[str, str], float]:
+        values: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+        for run in runs:
+            for r in run["rows"]:
+                values[r["model"], r["op"]].append(r[field])
+        return {k: statistics.median(v) for k, v in values.items()}
+
+    first, warm = median_over_rounds("first_ms"), median_over_rounds("warm_ms")
     excess = {k: first[k] - warm[k] for k in keys}
     worst = max(keys, key=lambda k: excess[k])
     slow = sorted((k for k in keys if excess[k] > 100), key=lambda k: -excess[k])

@@ -306,32 +306,36 @@ class Operations:
         traced: set[tuple[str, str]] = set()
         g = torch.Generator().manual_seed(0)
         for lm in models:
-            model = lm.model
-            for operation, op in model.operations.items():
-                if not op.traceable:
-                    continue
-                if op.prepare is not None:
-                    x = getattr(model, op.prepare)(1, g, 1.0, None)
-                elif INPUTS.get(operation) == "latents":
-                    x = torch.randn(1, model.latent_dim, generator=g)
-                else:
-                    x = torch.rand(1, *model.image_shape, generator=g)
+            for call, x in self._warm_up_calls(lm, g):
                 try:
-                    await self.engine.run(self.call(lm, operation), x)
+                    await self.engine.run(call, x)
                 except Exception as exc:  # the model's requests will say it; keep warming
-                    log.warning("warming up %s.%s failed: %s", lm.name, op.method, exc)
-                if self.compiled(lm, op.method).state not in ("pending", "eager"):
-                    traced.add((lm.name, op.method))
-            features = model.density.features if model.density and lm.features else None
-            if features:  # the anomaly score's feature distance runs this call too
-                x = torch.rand(1, *model.image_shape, generator=g)
-                try:
-                    await self.engine.run(self.call(lm, "likelihood", op=Op(features)), x)
-                except Exception as exc:
-                    log.warning("warming up %s.%s failed: %s", lm.name, features, exc)
-                if self.compiled(lm, features).state not in ("pending", "eager"):
-                    traced.add((lm.name, features))
+                    log.warning("warming up %s.%s failed: %s", lm.name, call.method, exc)
+                if self.compiled(lm, call.method).state not in ("pending", "eager"):
+                    traced.add((lm.name, call.method))
         return len(traced)
+
+    def _warm_up_calls(
+        self, lm: LoadedModel, g: torch.Generator
+    ) -> list[tuple[ModelCall, torch.Tensor]]:
+        """What warm_up runs for one model: each traceable declared operation's call on one
+        row of what it takes, and the anomaly score's features call where the model has one."""
+        model, calls = lm.model, []
+        for operation, op in model.operations.items():
+            if not op.traceable:
+                continue
+            if op.prepare is not None:
+                x = getattr(model, op.prepare)(1, g, 1.0, None)
+            elif INPUTS.get(operation) == "latents":
+                x = torch.randn(1, model.latent_dim, generator=g)
+            else:
+                x = torch.rand(1, *model.image_shape, generator=g)
+            calls.append((self.call(lm, operation), x))
+        features = model.density.features if model.density and lm.features else None
+        if features:  # the feature distance runs it as density.py does
+            x = torch.rand(1, *model.image_shape, generator=g)
+            calls.append((self.call(lm, "likelihood", op=Op(features)), x))
+        return calls
 
     async def encode(
         self, lm: LoadedModel, x: torch.Tensor, inversion: str | None = None
