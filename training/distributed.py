@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from typing import Any
@@ -98,6 +99,7 @@ class World:
 
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
+            gc.collect()  # the DDP wrapper sits in reference cycles and holds the group
             dist.destroy_process_group()
 
 
