@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,80 @@ def chain_uniform(seeds: torch.Tensor) -> tuple[Uniform, torch.Tensor]:
     return per_chain_uniform([int(s) for s in seeds[:, 0]]), seeds[:, 1].to(torch.float32)
 
 
+class BernoulliMixture(NamedTuple):
+    """A mixture of K products of independent Bernoullis over the visible units: where
+    generated chains start (``gibbs_chains``), fitted to the binarized training images
+    (``fit_bernoulli_mixture``). Each component is roughly one kind of image, so chains start
+    in every part of the data rather than at the pixels' average, and the RBM's own Gibbs
+    steps take them from there."""
+
+    log_odds: torch.Tensor  # [K, D] each component's pixel log-odds
+    log_weights: torch.Tensor  # [K] log mixing proportions
+
+    def draw(self, uniform: Uniform, temperatures: torch.Tensor) -> torch.Tensor:
+        """One state per chain [n, D]: a component by its weight, then its pixels at the
+        chain's temperature (log-odds / T), from the chains' own uniforms."""
+        cumulative = self.log_weights.softmax(0).cumsum(0)
+        pick = torch.searchsorted(cumulative, uniform(1).contiguous()).clamp_max(
+            len(cumulative) - 1
+        )
+        log_odds = self.log_odds[pick.view(-1)] / temperatures.view(-1, 1)
+        return _bernoulli(torch.sigmoid(log_odds), uniform(self.log_odds.shape[1]))
+
+
+def fit_bernoulli_mixture(
+    v: torch.Tensor,
+    components: int,
+    generator: torch.Generator | None = None,
+    iterations: int = 50,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[BernoulliMixture, float]:
+    """EM for a mixture of independent Bernoullis (Bishop, "Pattern Recognition and Machine
+    Learning", 2006, section 9.3.3) on binary states v [N, D]: (the mixture, the mean log
+    likelihood per state in nats, under the parameters of the last E step). Components start at
+    states spread as k-means++ spreads its centres; each M step adds one pseudo-count of 0
+    and of 1 per pixel (a Beta(2, 2) prior), so no pixel is ever certain."""
+    if v.ndim != 2 or not len(v):
+        raise ValueError(f"expected binary states [N, D], got shape {list(v.shape)}")
+    if not 1 <= components <= len(v):
+        raise ValueError(
+            f"components must be between 1 and {len(v)} (the states), got {components}"
+        )
+    v = v.double()
+    means = _spread_starts(v, components, generator) * 0.9 + 0.05  # [K, D]
+    log_weights = torch.full((components,), -math.log(components), dtype=torch.float64)
+    mean_ll = -math.inf
+    for step in range(iterations):
+        joint = v @ means.log().T + (1 - v) @ (1 - means).log().T + log_weights  # [N, K]
+        total = torch.logsumexp(joint, 1)
+        mean_ll = float(total.mean())
+        responsibility = (joint - total[:, None]).exp()
+        counts = responsibility.sum(0)  # [K]
+        means = (responsibility.T @ v + 1) / (counts[:, None] + 2)
+        log_weights = (counts / len(v)).clamp_min(1e-12).log()
+        if progress is not None:
+            progress(step, mean_ll)
+    mixture = BernoulliMixture((means.log() - (1 - means).log()).float(), log_weights.float())
+    return mixture, mean_ll
+
+
+def _spread_starts(v: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """k of the states v [N, D] chosen as k-means++ chooses its centres (Arthur &
+    Vassilvitskii 2007): each next one with probability proportional to its squared Hamming
+    distance to the nearest one chosen, so no two components start on the same state."""
+    chosen = [int(torch.randint(len(v), (1,), generator=generator))]
+    nearest = (v - v[chosen[0]]).abs().sum(1).pow(2)  # [N]
+    for _ in range(k - 1):
+        total = float(nearest.sum())
+        if total == 0:  # fewer distinct states than components: repeat at random
+            index = int(torch.randint(len(v), (1,), generator=generator))
+        else:
+            index = int(torch.multinomial(nearest / total, 1, generator=generator))
+        chosen.append(index)
+        nearest = torch.minimum(nearest, (v - v[index]).abs().sum(1).pow(2))
+    return v[chosen]
+
+
 @torch.no_grad()
 def gibbs_chains(
     rbm: BoltzmannMachine,
@@ -84,11 +158,16 @@ def gibbs_chains(
     steps: int,
     uniform: Uniform,
     stop: Callable[[], bool] | None = None,
+    start: BernoulliMixture | None = None,
 ) -> torch.Tensor:
-    """Run one block Gibbs chain per temperature [n] from the visible biases' base rate,
-    drawing from ``uniform``; return the last step's p(v = 1 | h) [n, D]."""
+    """Run one block Gibbs chain per temperature [n], drawing from ``uniform``, from
+    ``start`` (or without one from the visible biases' independent pixels); return the last
+    step's p(v = 1 | h) [n, D]."""
     t = temperatures.view(-1, 1)
-    v = _bernoulli(torch.sigmoid(rbm.visible_bias / t), uniform(rbm.dims))
+    if start is None:
+        v = _bernoulli(torch.sigmoid(rbm.visible_bias / t), uniform(rbm.dims))
+    else:
+        v = start.draw(uniform, temperatures)
     p_v = v
     for step in range(steps):
         h_prob = torch.sigmoid((v @ rbm.weight + rbm.hidden_bias) / t)

@@ -14,10 +14,12 @@
 
 Operations: ``encode`` gives the hidden units' probabilities p(h = 1 | v) [B, H]; ``decode``
 the visible probabilities p(v = 1 | h) for hidden probabilities h (the mean-field step);
-``reconstruct`` the two in turn; ``generate`` runs ``gibbs_steps`` steps per chain from the
-base rate, at a temperature (energies divided by T), and shows the last step's visible
-probabilities: block Gibbs sampling, or with ``replicas`` > 1 parallel tempering (gibbs.py),
-whose chains cross between modes that a Gibbs chain stays in.
+``reconstruct`` the two in turn; ``generate`` runs ``gibbs_steps`` steps per chain at a
+temperature (energies divided by T) and shows the last step's visible probabilities: block
+Gibbs sampling from a state drawn from ``start_components`` Bernoulli mixture components
+fitted to the training images (or, with none, from the visible biases' independent pixels),
+or with ``replicas`` > 1 parallel tempering from the base rate (gibbs.py), whose chains cross
+between modes that a Gibbs chain stays in.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 
 from .base import LatentModel, ModelConfig, check_code_shape, check_images, check_positive, register
 from .gibbs import (
+    BernoulliMixture,
     Uniform,
     chain_uniform,
     gibbs_chains,
@@ -49,11 +52,16 @@ class RBMConfig(ModelConfig):
     # replicas of a generated chain: 1 = plain block Gibbs sampling; more = parallel
     # tempering (gibbs.Ladder) between the base-rate model and this one
     replicas: int = 1
+    # components of the Bernoulli mixture generated Gibbs chains start from (gibbs.py,
+    # fitted to the training images after training); 0: start at the visible biases' pixels
+    start_components: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "gibbs_steps")
         check_positive(self, "replicas")
+        if self.start_components < 0:
+            raise ValueError(f"start_components must be 0 or more, got {self.start_components}")
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
@@ -79,6 +87,8 @@ class RBM(LatentModel):
     config: RBMConfig
     log_partition: torch.Tensor
     base_rate: torch.Tensor
+    start_log_odds: torch.Tensor  # only with config.start_components
+    start_log_weights: torch.Tensor
 
     def __init__(self, config: RBMConfig) -> None:
         super().__init__(config)
@@ -91,6 +101,28 @@ class RBM(LatentModel):
         # log-odds of each pixel in the binarized training images [D], set by the trainer:
         # AIS's and parallel tempering's base-rate model
         self.register_buffer("base_rate", torch.zeros(self.dims))
+        if config.start_components:  # where generated Gibbs chains start (gibbs.BernoulliMixture)
+            k = config.start_components
+            self.register_buffer("start_log_odds", torch.zeros(k, self.dims))  # [K, D]
+            self.register_buffer("start_log_weights", torch.full((k,), -math.log(k)))  # [K]
+
+    @property
+    def chain_start(self) -> BernoulliMixture | None:
+        """The mixture generated Gibbs chains start from, if the model has one."""
+        if not self.config.start_components:
+            return None
+        return BernoulliMixture(self.start_log_odds, self.start_log_weights)
+
+    def set_chain_start(self, mixture: BernoulliMixture) -> None:
+        """Store a fitted start; its component count must be the config's."""
+        k = self.config.start_components
+        if mixture.log_odds.shape != (k, self.dims) or mixture.log_weights.shape != (k,):
+            raise ValueError(
+                f"expected a start of {k} components over {self.dims} pixels, got log-odds "
+                f"{list(mixture.log_odds.shape)} and weights {list(mixture.log_weights.shape)}"
+            )
+        self.start_log_odds.copy_(mixture.log_odds)
+        self.start_log_weights.copy_(mixture.log_weights)
 
     def visible(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] in [0, 1] -> binary visible units v [B, D]."""
@@ -153,5 +185,5 @@ class RBM(LatentModel):
             betas = tempering_betas(self.config.replicas)
             probs = tempered_chains(self, self.base_rate, betas, temperatures, steps, uniform, stop)
         else:
-            probs = gibbs_chains(self, temperatures, steps, uniform, stop)
+            probs = gibbs_chains(self, temperatures, steps, uniform, stop, self.chain_start)
         return probs.view(-1, *self.image_shape)

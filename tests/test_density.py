@@ -32,10 +32,12 @@ from models.anomaly import (
 )
 from models.autoregressive import pixelcnn_pixel_params, pixelcnn_row_links
 from models.gibbs import (
+    BernoulliMixture,
     Ladder,
     ais_betas,
     ais_log_partition,
     exact_log_partition,
+    fit_bernoulli_mixture,
     gibbs_chains,
     per_chain_uniform,
     shared_uniform,
@@ -241,6 +243,70 @@ def test_parallel_tempering_samples_the_exact_distribution_where_gibbs_is_stuck(
     if temperature == 1.0:
         gibbs = gibbs_chains(rbm, temps, 60, shared_uniform(n, g)).mean(0)
         assert float((gibbs.double() - exact).abs().max()) > 0.3  # the test has teeth
+
+
+def test_em_recovers_a_bernoulli_mixture_and_chains_start_in_its_components() -> None:
+    """Two six-pixel patterns, 3:1, each pixel flipped 5% of the time: EM finds both with
+    their weights; drawn starts follow the weights and the patterns."""
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.tensor([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1]], dtype=torch.float32)
+    which = (torch.rand(4000, generator=g) < 0.25).long()
+    flips = (torch.rand(4000, 6, generator=g) < 0.05).float()
+    v = (patterns[which] + flips) % 2
+    mixture, mean_ll = fit_bernoulli_mixture(v, 2, torch.Generator().manual_seed(1))
+    order = mixture.log_weights.argsort(descending=True)
+    weights = mixture.log_weights.exp()[order]
+    assert torch.allclose(weights, torch.tensor([0.75, 0.25]), atol=0.03), weights
+    on = torch.sigmoid(mixture.log_odds[order])
+    assert torch.allclose(on, patterns * 0.9 + 0.05, atol=0.03), on  # 95% / 5% per pixel
+    # minus the entropy of the flips and of the pattern's choice
+    expected = 6 * (0.05 * math.log(0.05) + 0.95 * math.log(0.95))
+    expected += 0.75 * math.log(0.75) + 0.25 * math.log(0.25)
+    assert mean_ll == pytest.approx(expected, abs=0.05)
+
+    sharp = BernoulliMixture(patterns * 60 - 30, torch.tensor([0.2, 0.8]).log())
+    n = 5000
+    starts = sharp.draw(shared_uniform(n, torch.Generator().manual_seed(2)), torch.ones(n))
+    second = (starts == patterns[1]).all(1)
+    assert bool((second | (starts == patterns[0]).all(1)).all())
+    assert float(second.float().mean()) == pytest.approx(0.8, abs=0.02)
+    with pytest.raises(ValueError, match="between 1 and 4000"):
+        fit_bernoulli_mixture(v, 0)
+
+
+def test_gibbs_chains_end_in_the_modes_their_start_puts_them_in() -> None:
+    """Where Gibbs is stuck (two far-apart modes), chains from the pixels' average all fall
+    into one mode, while a start fitted to data from both modes keeps both, in the data's
+    proportions: why the RBM's generated chains start from a fitted mixture."""
+    rbm = two_mode_rbm(8.0, -24.0)  # all on and all off both hold a Gibbs chain
+    data = torch.cat([torch.ones(300, 6), torch.zeros(700, 6)])
+    mixture, _ = fit_bernoulli_mixture(data, 2, torch.Generator().manual_seed(0))
+    n, ones = 2000, torch.ones(2000)
+    g = torch.Generator().manual_seed(1)
+    started = gibbs_chains(rbm, ones, 40, shared_uniform(n, g), start=mixture)
+    on = (started > 0.5).all(1).float().mean()
+    assert float(on) == pytest.approx(0.3, abs=0.04)
+    plain = gibbs_chains(rbm, ones, 40, shared_uniform(n, g))
+    assert float((plain > 0.5).all(1).float().mean()) < 0.05  # the test has teeth
+
+
+def test_an_rbm_keeps_its_chain_start_through_save_and_load(tmp_path) -> None:
+    from models import load_model, save_model
+
+    model = tiny_model("rbm", image_shape=(1, 8, 8), start_components=3)
+    assert isinstance(model, RBM)
+    g = torch.Generator().manual_seed(0)
+    fitted = BernoulliMixture(torch.randn(3, 64, generator=g), torch.tensor([0.5, 0.3, 0.2]).log())
+    model.set_chain_start(fitted)
+    with pytest.raises(ValueError, match="3 components over 64 pixels"):
+        model.set_chain_start(BernoulliMixture(torch.zeros(2, 64), torch.zeros(2)))
+    save_model(model, tmp_path / "rbm")
+    loaded = load_model(tmp_path / "rbm")
+    assert isinstance(loaded, RBM) and loaded.chain_start is not None
+    assert torch.equal(loaded.chain_start.log_odds, fitted.log_odds)
+    seeds = loaded.chain_seeds(4, torch.Generator().manual_seed(3))
+    assert torch.equal(loaded.sample_gibbs(seeds), model.sample_gibbs(seeds))
+    assert tiny_model("rbm", image_shape=(1, 8, 8)).chain_start is None
 
 
 def test_tempering_ladders_are_checked_and_swap() -> None:

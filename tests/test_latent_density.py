@@ -169,3 +169,30 @@ def test_the_trainer_fits_the_density(tmp_path: Path) -> None:
                  "--checkpoint-dir", str(tmp_path / "ck2"), "--threads", "1",
                  "--prior-components", "0"]) == 0  # fmt: skip
     assert not (none / DENSITY_FILE).exists()
+
+
+def test_fit_prior_gives_an_rbm_the_start_its_served_chains_begin_at(tmp_path: Path) -> None:
+    """On an RBM, fit-prior fits the Bernoulli mixture generated chains start from: the model
+    is rebuilt with ``start_components``, its weights kept, and the service generates from it."""
+    folder = write_tiny(tmp_path / "rbm-s", "rbm", image_shape=(1, 28, 28))
+    (folder / "card.json").write_text(json.dumps({"dataset": {"name": "synthetic"}}))
+    before = load_model(folder)
+    assert main(["fit-prior", "--model", str(folder), "--components", "4", "--threads", "1"]) == 0
+    after = load_model(folder)
+    assert after.config.start_components == 4 and after.chain_start is not None
+    assert torch.equal(after.weight, before.weight)  # the rest of the model is kept
+    assert torch.equal(after.log_partition, before.log_partition)
+    weights = after.chain_start.log_weights.exp()
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-5) and float(weights.min()) > 0.05
+    summary = json.loads((folder / "card.json").read_text())["chain_start"]
+    assert summary["components"] == 4 and summary["training_images"] == 409
+
+    c = start(Settings(weights_dir=tmp_path))
+    try:
+        body = {"n": 2, "seed": 5}
+        one = c.post("/v1/models/rbm-s/generate?format=array", json=body)
+        assert one.status_code == 200, one.text
+        again = c.post("/v1/models/rbm-s/generate?format=array", json=body)
+        assert one.json()["images"] == again.json()["images"]
+    finally:
+        c.__exit__(None, None, None)

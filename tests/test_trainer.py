@@ -126,6 +126,9 @@ def test_rbm_sgd_with_weight_decay_keeps_the_weights_small(tmp_path: Path) -> No
     assert kept == pytest.approx(free, rel=0.1)  # measured: 2.62 both; 1.27 if decayed too
     card = json.loads((tmp_path / "decayed" / "card.json").read_text())
     assert "--optimizer sgd --weight-decay 2" in card["training"]["command"]
+    # the generated chains' start is fitted after training (--start-components, default 20)
+    assert plain.config.start_components == 20 and plain.chain_start is not None
+    assert float(plain.chain_start.log_weights.exp().sum()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_cvae_consistency_weight_is_trained_and_kept(tmp_path: Path) -> None:

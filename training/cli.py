@@ -48,7 +48,11 @@ def build_parser() -> Parser:
     from .latent_prior import add_fit_prior_parser
 
     add_fit_prior_parser(
-        sub.add_parser("fit-prior", help="fit an autoencoder's latent density (so it generates)")
+        sub.add_parser(
+            "fit-prior",
+            help="fit an autoencoder's latent density (so it generates), or where an RBM's "
+            "generated chains start",
+        )
     )
     from .inverter import add_fit_inverter_parser
 
@@ -248,6 +252,13 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="rbm: parallel-tempering replicas of the training chains and of each generated "
         "chain (default 1: plain block Gibbs sampling)",
+    )
+    g.add_argument(
+        "--start-components",
+        type=non_negative_int,
+        default=20,
+        help="rbm: components of the Bernoulli mixture (fitted to the training images after "
+        "training) that generated Gibbs chains start from; 0: the visible biases' pixels",
     )
     g.add_argument(
         "--optimizer",

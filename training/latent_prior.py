@@ -1,6 +1,8 @@
 """``python -m training fit-prior --model weights/NAME``: make a deterministic autoencoder
 generate, by fitting a Gaussian mixture to the codes of its training images (ex-post density
 estimation, Ghosh et al. 2020; models/latent_density.py) and storing it beside the weights.
+On an RBM it fits the Bernoulli mixture its generated Gibbs chains start from (stored in the
+weights, ``start_components`` in the config).
 
 The trainer runs the same step at the end of training (``--prior-components``, 0 to skip),
 so a newly trained ae, stacked-ae, sparse-ae or dae generates; this command gives it to
@@ -10,6 +12,7 @@ artifacts trained before. ``evaluate`` then reports the samples' Frechet distanc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from typing import Any
@@ -17,12 +20,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models import LatentModel
+from models import LatentModel, save_model
 from models.latent_density import GaussianMixture, fit_gaussian_mixture, write_latent_density
+from models.rbm import RBM
 
 from .argtypes import non_negative_int, positive_int
-from .artifacts import add_artifact_arguments, open_artifact
+from .artifacts import OpenedArtifact, add_artifact_arguments, open_artifact
 from .data import Split
+from .families.rbm import fit_chain_start
 from .scoring import as_float
 
 
@@ -81,7 +86,10 @@ def add_prior_options(p: argparse.ArgumentParser) -> None:
 def add_fit_prior_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_artifact_arguments(p, "weights/ae-fashion")
-    p.add_argument("--components", type=positive_int, default=10, help="mixture components")
+    p.add_argument(
+        "--components", type=positive_int, default=10,
+        help="mixture components (ae families: Gaussian; rbm: Bernoulli, e.g. 20)",
+    )  # fmt: skip
     p.add_argument("--images", type=positive_int, default=20_000, help="training codes to fit")
     p.add_argument("--seed", type=int, default=0, help="seeds the code sample and k-means++")
     p.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
@@ -91,10 +99,14 @@ def add_fit_prior_parser(p: argparse.ArgumentParser) -> None:
 def run_fit_prior(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     opened = open_artifact(args)
+    if isinstance(opened.model, RBM):
+        fit_rbm_chain_start(opened, args.components, args.seed)
+        return
     if not opened.model.fits_latent_density:
         raise SystemExit(
             f"{args.model}: {opened.model.family} models do not take a fitted latent density "
-            "(the ae, stacked-ae, sparse-ae and dae families do)"
+            "(the ae, stacked-ae, sparse-ae and dae families do; an rbm takes the Bernoulli "
+            "mixture its generated chains start from)"
         )
     density, summary = fit_latent_prior(
         opened.model, opened.data.train, args.components, args.images, args.seed
@@ -102,4 +114,22 @@ def run_fit_prior(args: argparse.Namespace) -> None:
     write_latent_density(args.model, density)
     print(f"latent density: {json.dumps(summary)}")
     opened.card["latent_density"] = summary
+    opened.write_card()
+
+
+def fit_rbm_chain_start(opened: OpenedArtifact, components: int, seed: int) -> None:
+    """An RBM's "prior" is where its generated Gibbs chains start: a Bernoulli mixture over
+    the training images (models/gibbs.py). The component count is part of the config (it
+    sizes the stored tensors), so the model is rebuilt with it and written back whole."""
+    old = opened.model
+    assert isinstance(old, RBM)
+    config = dataclasses.replace(old.config, start_components=components)
+    model = RBM(config)
+    missing, unexpected = model.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or set(missing) - {"start_log_odds", "start_log_weights"}:
+        raise SystemExit(f"{opened.folder}: unexpected weights {unexpected} / missing {missing}")
+    summary = fit_chain_start(model, opened.data.train, seed)
+    save_model(model.eval(), opened.folder)
+    print(f"chain start: {json.dumps(summary)}")
+    opened.card["chain_start"] = summary
     opened.write_card()

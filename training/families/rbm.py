@@ -9,8 +9,15 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from models import LatentModel
-from models.gibbs import Ladder, ais_betas, ais_log_partition, shared_uniform, tempering_betas
+from models import ConfigError, LatentModel
+from models.gibbs import (
+    Ladder,
+    ais_betas,
+    ais_log_partition,
+    fit_bernoulli_mixture,
+    shared_uniform,
+    tempering_betas,
+)
 from models.rbm import RBM, binarize
 
 from ..data import Dataset, Split
@@ -26,6 +33,33 @@ def base_rate_bias(train: Split) -> torch.Tensor:
     on = (train.images.float() / 255 > 0.5).float().flatten(1).mean(0)
     p = (on * len(train.images) + 0.5) / (len(train.images) + 1)  # never exactly 0 or 1
     return torch.log(p) - torch.log1p(-p)
+
+
+def fit_chain_start(model: RBM, train: Split, seed: int = 0) -> dict[str, float | int | str]:
+    """Fit the Bernoulli mixture generated chains start from (``config.start_components``
+    components) to the binarized training images and store it in the model; a summary for
+    the card."""
+    k = model.config.start_components
+    if not k:
+        raise ValueError("the model's config has start_components 0: no chain start to fit")
+    v = binarize(train.images.float() / 255).flatten(1)
+    bar = tqdm(desc="chain start EM", leave=False, mininterval=1.0)
+
+    def progress(step: int, ll: float) -> None:
+        bar.update(1)
+        bar.set_postfix(log_likelihood=f"{ll:.2f}")
+
+    mixture, mean_ll = fit_bernoulli_mixture(
+        v, k, torch.Generator().manual_seed(seed), progress=progress
+    )
+    bar.close()
+    model.set_chain_start(mixture)
+    return {
+        "kind": "Bernoulli mixture fitted by EM to the binarized training images",
+        "components": k,
+        "training_images": len(v),
+        "log_likelihood_per_image": round(mean_ll, 2),
+    }
 
 
 class RBMRecipe(Recipe):
@@ -66,6 +100,12 @@ class RBMRecipe(Recipe):
         RBMs", 2010), which is also stored as the tempering and AIS base model; the persistent
         chains start at ``--chains`` training images (again after ``--resume``: chains are not
         checkpointed)."""
+        components = self.model.config.start_components
+        if len(train) < 2 * components:
+            raise ConfigError(
+                f"--start-components {components} needs at least {2 * components} training "
+                f"images, got {len(train)} (0 turns the fitted chain start off)"
+            )
         if not resumed:
             rate = base_rate_bias(train)
             with torch.no_grad():
@@ -155,7 +195,8 @@ class RBMRecipe(Recipe):
         }
 
     def finish(self, train: Split) -> None:
-        """Estimate log Z by AIS and store it with the weights."""
+        """Estimate log Z by AIS and store it with the weights; fit the generated chains'
+        start (``--start-components``)."""
         betas = ais_betas(self.args.ais_betas)
         bar = tqdm(total=len(betas) - 1, desc="AIS log Z", leave=False, mininterval=1.0)
 
@@ -172,6 +213,9 @@ class RBMRecipe(Recipe):
         tqdm.write(
             f"AIS: log Z = {log_z:.2f} +- {error:.2f} ({len(betas) - 1} betas, {self.args.ais_runs} runs)"
         )
+        if self.model.config.start_components:
+            summary = fit_chain_start(self.model, train, self.args.seed)
+            tqdm.write(f"chain start: {summary}")
 
 
 @torch.no_grad()
