@@ -19,7 +19,7 @@ declare -A RECIPE=(
   [sparse-ae-fashion]="--family sparse-ae --latent-dim 32 --sparsity-target 0.1 --sparsity-weight 2 --epochs 30 --batch-size 64 --lr 3e-3"
   [pixelcnn-fashion]="--family pixelcnn --epochs 3 --batch-size 32 --lr 1.5e-3 --val-size 2000"
   [made-fashion]="--family made --epochs 15 --batch-size 64 --lr 1e-3 --val-size 2000"
-  [rbm-fashion]="--family rbm --latent-dim 500 --epochs 50 --batch-size 64 --lr 1e-3 --val-size 2000 --chains 1000"
+  [rbm-fashion]="--family rbm --latent-dim 500 --epochs 50 --batch-size 64 --optimizer sgd --lr 0.002 --centering --val-size 2000 --chains 1000 --start-components 20"
 )
 # Further stages, each fine-tuning the previous stage's weights (--init-from), separated by |.
 declare -A STAGES=(
