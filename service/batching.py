@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from .memory import return_freed_memory
+
 log = logging.getLogger("latentserve.batching")
 Output = torch.Tensor | tuple[torch.Tensor, ...]
 BatchFn = Callable[[torch.Tensor], Output]  # hashable, and equal only to calls that do the same
@@ -115,6 +117,7 @@ class BatchEngine:
         yield_to: BatchEngine | None = None,
         pause_s: float = 0.0,
         slice_rows: int | None = None,
+        trim_when_idle: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
@@ -132,6 +135,9 @@ class BatchEngine:
         self.yield_to = yield_to
         self.pause_s = pause_s
         self.slice_rows = slice_rows
+        # hand the heap's free pages back (memory.py) each time the lane falls idle: the
+        # expensive lane's large calls (generate n=64, searches) leave hundreds of MB free
+        self.trim_when_idle = trim_when_idle
         self.paused_s = 0.0  # total time given way, for /metrics and the benchmarks
         self._paused_lock = threading.Lock()  # the lane's thread and the reply encoder's add
         self._pending: collections.deque[_Item] = collections.deque()
@@ -287,6 +293,8 @@ class BatchEngine:
                     live,
                     [late if it.expired(now) else r for it, r in zip(live, results, strict=True)],
                 )
+                if self.trim_when_idle and not self._pending:
+                    return_freed_memory()
 
     def _still_wanted(self, batch: list[_Item]) -> list[_Item]:
         """The batch without callers that left (cancelled), and with those past their

@@ -4,7 +4,10 @@ Exporting a call to ONNX (or tracing it) allocates and frees hundreds of megabyt
 blocks; glibc's malloc keeps freed blocks for reuse, so a worker's memory stayed at its
 peak. ``malloc_trim(0)`` returns the free pages at the top and in the middle of the heap
 (glibc 2.8+). Measured with 2 workers, every shipped model and ``LATENTSERVE_TRACE_AT_START``:
-1,353 MB PSS without, 1,001 MB with; it takes under a millisecond. A no-op where the C
+1,353 MB PSS without, 1,001 MB with; it takes under a millisecond. The expensive lane
+(batching.py, ``trim_when_idle``) calls it too each time it falls idle: its large calls
+(generate n=64, searches, sampling) leave freed heap of their own; after one request of every
+operation, 1,153-1,165 MB without, 1,065-1,073 with (two servers each). A no-op where the C
 library has no ``malloc_trim`` (musl, macOS).
 """
 

@@ -217,3 +217,36 @@ def test_a_search_gives_way_at_every_step() -> None:
 
     assert run(main()).shape == (1, gan.latent_dim)
     assert expensive.paused_s >= 5 * 0.001  # one pause per step
+
+
+def test_a_lane_that_trims_hands_memory_back_each_time_it_falls_idle(monkeypatch) -> None:
+    """``trim_when_idle`` (the expensive lane): after a batch with nothing queued behind it
+    the freed heap goes back (memory.return_freed_memory); a lane without it never trims."""
+    import service.batching as batching
+
+    trims: list[str] = []
+    monkeypatch.setattr(
+        batching, "return_freed_memory", lambda: trims.append(threading.current_thread().name)
+    )
+    release = threading.Event()
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        release.wait(5)
+        return x + 1
+
+    async def main(trim: bool) -> None:
+        engine = BatchEngine(max_batch_size=4, trim_when_idle=trim)
+        await engine.start()
+        first = asyncio.ensure_future(engine.run(slow, torch.zeros(4, 1)))
+        await asyncio.sleep(0.05)  # the first batch is running; two more queue behind it
+        rest = [asyncio.ensure_future(engine.run(slow, torch.zeros(4, 1))) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(first, *rest)
+        await engine.stop()
+
+    run(main(trim=False))
+    assert trims == []
+    release.clear()
+    run(main(trim=True))
+    assert len(trims) == 1  # three batches; the lane fell idle once
