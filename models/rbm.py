@@ -96,8 +96,10 @@ class RBM(LatentModel):
         self.weight = nn.Parameter(torch.randn(self.dims, config.latent_dim) * 0.01)  # W [D, H]
         self.visible_bias = nn.Parameter(torch.zeros(self.dims))  # b [D]
         self.hidden_bias = nn.Parameter(torch.zeros(config.latent_dim))  # c [H]
-        # (log Z estimate, its standard error), set by AIS after training; NaN until then
-        self.register_buffer("log_partition", torch.full((2,), float("nan")))
+        # (log Z estimate, its standard error), set by AIS after training; until then a
+        # standard error of -1 marks "not estimated" (not NaN: checkpoints refuse non-finite
+        # tensors, and a training checkpoint is written before AIS runs)
+        self.register_buffer("log_partition", torch.tensor([0.0, -1.0]))
         # log-odds of each pixel in the binarized training images [D], set by the trainer:
         # AIS's and parallel tempering's base-rate model
         self.register_buffer("base_rate", torch.zeros(self.dims))
@@ -157,8 +159,8 @@ class RBM(LatentModel):
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """log p(binarized x) = -F(v) - log Z, with the stored AIS estimate of log Z: [B].
         Raises ValueError if the model has none (it was never estimated)."""
-        log_z = float(self.log_partition[0])
-        if not math.isfinite(log_z):
+        log_z, error = (float(v) for v in self.log_partition)
+        if error < 0:
             raise ValueError(
                 "this RBM has no estimate of its partition function; run "
                 "python -m training evaluate on it to estimate one by AIS"

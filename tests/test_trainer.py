@@ -337,3 +337,24 @@ def test_init_from_may_change_how_a_model_trains(tmp_path: Path) -> None:
                  "--checkpoint-dir", str(tmp_path / "c1")]) == 0  # fmt: skip
     config = json.loads((tuned / "config.json").read_text())["config"]
     assert config["noise_probs"] == [0.6, 0.2, 0.2] and config["width"] == 4
+
+
+def test_a_resumed_rbm_continues_its_chains_and_centring(tmp_path: Path) -> None:
+    """The persistent chains and the centred step's running hidden mean are checkpointed:
+    1 epoch then --resume for a second ends where 2 straight epochs end."""
+    common = ["train", "--family", "rbm", "--dataset", "synthetic", "--steps-per-epoch", "10",
+              "--batch-size", "16", "--latent-dim", "16", "--optimizer", "sgd", "--lr", "0.05",
+              "--centering", "--chains", "24", "--ais-betas", "20", "--ais-runs", "2",
+              "--start-components", "0"]  # fmt: skip
+    ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main([*common, "--epochs", "1", "--out", str(tmp_path / "half"), *ckpt]) == 0
+    resumed = tmp_path / "resumed"
+    assert main([*common, "--epochs", "2", "--resume", "--out", str(resumed), *ckpt]) == 0
+    straight = tmp_path / "straight"
+    assert main([*common, "--epochs", "2", "--out", str(straight), "--checkpoint-dir",
+                 str(tmp_path / "c2")]) == 0  # fmt: skip
+    a, b = load_model(resumed), load_model(straight)
+    assert torch.allclose(a.weight, b.weight, atol=1e-6)
+    assert torch.allclose(a.hidden_bias, b.hidden_bias, atol=1e-6)
+    first = load_model(tmp_path / "half")
+    assert not torch.allclose(first.weight, b.weight, atol=1e-3)  # the second epoch did train

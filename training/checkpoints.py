@@ -50,15 +50,19 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizers: dict[str, torch.optim.Optimizer],
     meta: dict[str, Any],
+    recipe_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write the training state; files are renamed into place so a crash leaves the old one."""
+    """Write the training state; files are renamed into place so a crash leaves the old one.
+    ``recipe_state``: what a recipe keeps between steps besides the model and optimizers (an
+    RBM's persistent chains), restored by ``load_checkpoint``."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     model_state = _split("model", dict(model.state_dict()), tensors)
     opt_state = {
         name: _split(f"opt.{name}", o.state_dict(), tensors) for name, o in optimizers.items()
     }
-    doc = {"meta": meta, "model": model_state, "optimizers": opt_state}
+    recipe = _split("recipe", dict(recipe_state or {}), tensors)
+    doc = {"meta": meta, "model": model_state, "optimizers": opt_state, "recipe": recipe}
     save_file(tensors, str(folder / "state.safetensors.tmp"))
     (folder / "state.json.tmp").write_text(json.dumps(doc))
     os.replace(folder / "state.safetensors.tmp", folder / "state.safetensors")
@@ -68,7 +72,8 @@ def save_checkpoint(
 def load_checkpoint(
     folder: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer]
 ) -> dict[str, Any]:
-    """Restore model and optimizers in place; return the saved ``meta``."""
+    """Restore model and optimizers in place; return the saved ``meta``, with the recipe's
+    own state (empty for a checkpoint from before recipes kept one) under ``recipe_state``."""
     try:
         doc = json.loads((folder / "state.json").read_text())
         tensors = load_file(str(folder / "state.safetensors"))
@@ -86,4 +91,5 @@ def load_checkpoint(
         saved = _join(doc["optimizers"][name], tensors)
         saved["state"] = {int(k): v for k, v in saved["state"].items()}
         opt.load_state_dict(saved)
-    return dict(doc["meta"])
+    recipe_state = _join(doc.get("recipe", {"__dict__": []}), tensors)
+    return {**doc["meta"], "recipe_state": recipe_state}

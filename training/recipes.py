@@ -87,6 +87,14 @@ class Recipe:
         picks its persistent chains' start and, on a fresh run, sets its visible biases to the
         training pixels' base rate; most families have none."""
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What the recipe keeps between steps besides the model and the optimizers, for the
+        checkpoint (an RBM's persistent chains); most recipes keep nothing."""
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``state()`` from a checkpoint on ``--resume`` (before ``begin``)."""
+
     def finish(self, train: Split) -> None:
         """Hook run once after the last epoch, before the artifact is written (an RBM
         estimates its partition function here). A deterministic autoencoder gets its latent

@@ -148,6 +148,7 @@ def _train(args: argparse.Namespace, world: World, device: torch.device) -> Path
         # the state holds no per-rank part (see distributed.py).
         meta = load_checkpoint(ckpt, model, recipe.optimizers)
         start_epoch, history, elapsed = meta["epoch"], meta["history"], meta["elapsed"]
+        recipe.load_state(meta["recipe_state"])
         if world.is_main:
             tqdm.write(f"resumed from {ckpt} after epoch {start_epoch}")
     recipe.begin(dataset.train, resumed=bool(args.resume and start_epoch))
@@ -184,7 +185,7 @@ def _train(args: argparse.Namespace, world: World, device: torch.device) -> Path
                 "processes": world.size,
                 "args": _jsonable(args),
             }
-            save_checkpoint(ckpt, model, recipe.optimizers, meta)
+            save_checkpoint(ckpt, model, recipe.optimizers, meta, recipe.state())
         world.barrier()
 
     model.eval()

@@ -20,6 +20,7 @@ from models.gibbs import (
 )
 from models.rbm import RBM, binarize
 
+from ..checkpoints import ResumeError
 from ..data import Dataset, Split
 from ..declaration import TrainingSpec, register_training
 from ..density import density_headline, evaluate_density
@@ -98,8 +99,8 @@ class RBMRecipe(Recipe):
     def begin(self, train: Split, resumed: bool) -> None:
         """Visible biases start at the base rate (Hinton, "A Practical Guide to Training
         RBMs", 2010), which is also stored as the tempering and AIS base model; the persistent
-        chains start at ``--chains`` training images (again after ``--resume``: chains are not
-        checkpointed)."""
+        chains start at ``--chains`` training images (after ``--resume`` they continue from the
+        checkpoint: ``state``)."""
         components = self.model.config.start_components
         if len(train) < 2 * components:
             raise ConfigError(
@@ -115,6 +116,31 @@ class RBMRecipe(Recipe):
         count = getattr(self.args, "chains", None) or self.args.batch_size
         pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))
         self.start = binarize(train.images[pick[:count]].float() / 255).flatten(1).to(self.device)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The persistent chains, the centred step's running hidden mean and the step count
+        (the tempering swaps alternate with it): so ``--resume`` continues the same chains."""
+        state = {"steps": torch.tensor(self.steps)}
+        if self.chains is not None:
+            state["chains"] = self.chains
+        if self.hidden_offset is not None:
+            state["hidden_offset"] = self.hidden_offset
+        return state
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "steps" in state:
+            self.steps = int(state["steps"])
+        chains = state.get("chains")
+        if chains is not None:
+            if chains.shape[1:] != (self.replicas, self.model.dims):
+                raise ResumeError(
+                    f"the checkpoint's chains have shape {list(chains.shape)}; this run's "
+                    f"need [chains, {self.replicas}, {self.model.dims}] (--replicas changed?)"
+                )
+            self.chains = chains.to(self.device)
+        offset = state.get("hidden_offset")
+        if offset is not None:
+            self.hidden_offset = offset.to(self.device)
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
