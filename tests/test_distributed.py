@@ -95,3 +95,11 @@ def test_batch_that_does_not_split_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "--batch-size 15 is the global batch and must divide evenly among the 2" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_an_rbm_under_torchrun_is_refused_before_it_trains(tmp_path: Path) -> None:
+    result = torchrun(2, "--family", "rbm", *COMMON, "--epochs", "1", "--latent-dim", "8",
+                      "--out", str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path / "c"))  # fmt: skip
+    assert result.returncode != 0
+    assert "the rbm family trains in one process" in result.stderr
+    assert not (tmp_path / "o").exists() and "epoch 1/1: val" not in result.stdout

@@ -101,6 +101,12 @@ class RBMRecipe(Recipe):
         RBMs", 2010), which is also stored as the tempering and AIS base model; the persistent
         chains start at ``--chains`` training images (after ``--resume`` they continue from the
         checkpoint: ``state``)."""
+        if self.world.size > 1:
+            raise ConfigError(
+                "the rbm family trains in one process: its contrastive-divergence steps "
+                "compute their gradients outside DistributedDataParallel, so the replicas "
+                "would drift apart; run python -m training train without torchrun"
+            )
         components = self.model.config.start_components
         if len(train) < 2 * components:
             raise ConfigError(
