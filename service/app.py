@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.torch_threads, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop,
         name="inference-expensive", nice=settings.expensive_lane_nice, yield_to=engine,
         pause_s=settings.expensive_pause_ms / 1000, slice_rows=settings.expensive_slice_rows,
-        trim_when_idle=True,
+        trim_after_idle_s=1.0,
     )  # fmt: skip
     signal = ReloadSignal(settings.reload_signal_file) if settings.reload_signal_file else None
     operations = Operations(engine, settings, expensive)

@@ -5,9 +5,11 @@ blocks; glibc's malloc keeps freed blocks for reuse, so a worker's memory stayed
 peak. ``malloc_trim(0)`` returns the free pages at the top and in the middle of the heap
 (glibc 2.8+). Measured with 2 workers, every shipped model and ``LATENTSERVE_TRACE_AT_START``:
 1,353 MB PSS without, 1,001 MB with; it takes under a millisecond. The expensive lane
-(batching.py, ``trim_when_idle``) calls it too each time it falls idle: its large calls
-(generate n=64, searches, sampling) leave freed heap of their own; after one request of every
-operation, 1,153-1,165 MB without, 1,065-1,073 with (two servers each). A no-op where the C
+(batching.py, ``trim_after_idle_s``) calls it too once it has been idle a second after a
+batch: its large calls (generate n=64, searches, sampling) leave freed heap of their own;
+after one request of every operation, 1,153-1,165 MB without, 1,061-1,073 with (one server
+each way and setting). Not after every batch: the next call then pays page faults for its
+working set again (GAN inversion through the service: 51-52 -> 55-56 ms p50). A no-op where the C
 library has no ``malloc_trim`` (musl, macOS).
 """
 

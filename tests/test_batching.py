@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -219,23 +220,23 @@ def test_a_search_gives_way_at_every_step() -> None:
     assert expensive.paused_s >= 5 * 0.001  # one pause per step
 
 
-def test_a_lane_that_trims_hands_memory_back_each_time_it_falls_idle(monkeypatch) -> None:
-    """``trim_when_idle`` (the expensive lane): after a batch with nothing queued behind it
-    the freed heap goes back (memory.return_freed_memory); a lane without it never trims."""
+def test_a_lane_that_trims_hands_memory_back_once_it_has_been_idle(monkeypatch) -> None:
+    """``trim_after_idle_s`` (the expensive lane): batches back to back never trim (a trim
+    costs the next call its page faults); once the lane has been idle that long after a
+    batch, the freed heap goes back (memory.return_freed_memory), once. A lane without the
+    setting never trims."""
     import service.batching as batching
 
-    trims: list[str] = []
-    monkeypatch.setattr(
-        batching, "return_freed_memory", lambda: trims.append(threading.current_thread().name)
-    )
+    trims: list[float] = []
+    monkeypatch.setattr(batching, "return_freed_memory", lambda: trims.append(time.monotonic()))
     release = threading.Event()
 
     def slow(x: torch.Tensor) -> torch.Tensor:
         release.wait(5)
         return x + 1
 
-    async def main(trim: bool) -> None:
-        engine = BatchEngine(max_batch_size=4, trim_when_idle=trim)
+    async def main(trim_after: float | None) -> float:
+        engine = BatchEngine(max_batch_size=4, trim_after_idle_s=trim_after)
         await engine.start()
         first = asyncio.ensure_future(engine.run(slow, torch.zeros(4, 1)))
         await asyncio.sleep(0.05)  # the first batch is running; two more queue behind it
@@ -243,10 +244,17 @@ def test_a_lane_that_trims_hands_memory_back_each_time_it_falls_idle(monkeypatch
         await asyncio.sleep(0.05)
         release.set()
         await asyncio.gather(first, *rest)
+        done = time.monotonic()
+        for _ in range(100):  # wait for the trim (or, without the setting, long enough)
+            if trims or (trim_after is None and time.monotonic() - done > 0.5):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # and a while more: still one trim
         await engine.stop()
+        return done
 
-    run(main(trim=False))
+    run(main(None))
     assert trims == []
     release.clear()
-    run(main(trim=True))
-    assert len(trims) == 1  # three batches; the lane fell idle once
+    run(main(0.1))
+    assert len(trims) == 1  # three batches back to back, then one idle spell
