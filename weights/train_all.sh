@@ -31,7 +31,7 @@ declare -A STAGES=(
 # After training: the GANs' inverters (amortised inversion), the dae's latent density.
 declare -A AFTER=(
   [gan-fashion]="fit-inverter --epochs 16"
-  [cgan-fashion]="fit-inverter --epochs 16"
+  [cgan-fashion]="fit-inverter --width 64 --epochs 24"
   [dae-fashion]="fit-prior"
 )
 ORDER=(classifier-fashion ae-fashion dae-fashion vae-fashion gan-fashion cvae-fashion cgan-fashion stacked-ae-fashion sparse-ae-fashion pixelcnn-fashion made-fashion rbm-fashion)
