@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
-from .memory import return_freed_memory
+from .memory import resident_bytes, return_freed_memory
 
 log = logging.getLogger("latentserve.batching")
+TRIM_GROWTH_BYTES = 32 << 20  # growth since the last trim that makes an idle lane trim
 Output = torch.Tensor | tuple[torch.Tensor, ...]
 BatchFn = Callable[[torch.Tensor], Output]  # hashable, and equal only to calls that do the same
 
@@ -136,11 +137,13 @@ class BatchEngine:
         self.pause_s = pause_s
         self.slice_rows = slice_rows
         # hand the heap's free pages back (memory.py) once the lane has been idle this long
-        # after a batch: the expensive lane's large calls (generate n=64, searches, sampling)
-        # leave freed heap behind. Not after every batch: a trim costs the next call its
-        # page faults (measured: +4 ms on a 50 ms GAN inversion), so a busy lane never trims.
+        # after batches that grew the process by TRIM_GROWTH_BYTES: the expensive lane's large
+        # calls (generate n=64, sampling) leave freed heap behind. Not after every batch: a
+        # trim costs the next call its page faults (measured: +4 ms on a 50 ms GAN
+        # inversion), so a busy lane never trims and calls that grow nothing do not either.
         self.trim_after_idle_s = trim_after_idle_s
-        self._heap_dirty = False  # a batch ran since the last trim
+        self._heap_dirty = False  # the process grew since the last trim
+        self._resident_after_trim = resident_bytes() or 0
         self.paused_s = 0.0  # total time given way, for /metrics and the benchmarks
         self._paused_lock = threading.Lock()  # the lane's thread and the reply encoder's add
         self._pending: collections.deque[_Item] = collections.deque()
@@ -269,6 +272,7 @@ class BatchEngine:
         while True:
             if self._wait_for_work():
                 return_freed_memory()  # idle since the last batch; callers may queue meanwhile
+                self._resident_after_trim = resident_bytes() or 0
                 continue
             with self._ready:
                 if not self._pending:
@@ -297,7 +301,12 @@ class BatchEngine:
                     live,
                     [late if it.expired(now) else r for it, r in zip(live, results, strict=True)],
                 )
-                self._heap_dirty = True
+                if self.trim_after_idle_s is not None and not self._heap_dirty:
+                    resident = resident_bytes()
+                    self._heap_dirty = (
+                        resident is not None
+                        and resident - self._resident_after_trim > TRIM_GROWTH_BYTES
+                    )
 
     def _wait_for_work(self) -> bool:
         """Block until a request is queued or the lane stops; True instead when the lane has

@@ -222,20 +222,24 @@ def test_a_search_gives_way_at_every_step() -> None:
 
 def test_a_lane_that_trims_hands_memory_back_once_it_has_been_idle(monkeypatch) -> None:
     """``trim_after_idle_s`` (the expensive lane): batches back to back never trim (a trim
-    costs the next call its page faults); once the lane has been idle that long after a
-    batch, the freed heap goes back (memory.return_freed_memory), once. A lane without the
-    setting never trims."""
+    costs the next call its page faults); once the lane has been idle that long after
+    batches that grew the process by more than TRIM_GROWTH_BYTES, the freed heap goes back
+    (memory.return_freed_memory), once. Batches that grow nothing, or a lane without the
+    setting, never trim."""
     import service.batching as batching
 
     trims: list[float] = []
+    resident = [1 << 30]
     monkeypatch.setattr(batching, "return_freed_memory", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(batching, "resident_bytes", lambda: resident[0])
     release = threading.Event()
 
-    def slow(x: torch.Tensor) -> torch.Tensor:
-        release.wait(5)
-        return x + 1
+    async def main(trim_after: float | None, growth: int) -> None:
+        def slow(x: torch.Tensor) -> torch.Tensor:
+            release.wait(5)
+            resident[0] += growth
+            return x + 1
 
-    async def main(trim_after: float | None) -> float:
         engine = BatchEngine(max_batch_size=4, trim_after_idle_s=trim_after)
         await engine.start()
         first = asyncio.ensure_future(engine.run(slow, torch.zeros(4, 1)))
@@ -245,16 +249,18 @@ def test_a_lane_that_trims_hands_memory_back_once_it_has_been_idle(monkeypatch) 
         release.set()
         await asyncio.gather(first, *rest)
         done = time.monotonic()
-        for _ in range(100):  # wait for the trim (or, without the setting, long enough)
-            if trims or (trim_after is None and time.monotonic() - done > 0.5):
+        for _ in range(100):  # wait for a trim, or half a second where none may come
+            if trims or (time.monotonic() - done > 0.5 and (trim_after is None or not growth)):
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # and a while more: still one trim
+        await asyncio.sleep(0.3)  # and a while more: still at most one trim
         await engine.stop()
-        return done
+        release.clear()
 
-    run(main(None))
+    grows = batching.TRIM_GROWTH_BYTES // 2 + 1  # two batches pass the threshold
+    run(main(None, grows))
     assert trims == []
-    release.clear()
-    run(main(0.1))
+    run(main(0.1, 0))
+    assert trims == []
+    run(main(0.1, grows))
     assert len(trims) == 1  # three batches back to back, then one idle spell
