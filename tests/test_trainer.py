@@ -349,6 +349,8 @@ def test_a_resumed_rbm_continues_its_chains_and_centring(tmp_path: Path) -> None
     ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")]
     assert main([*common, "--epochs", "1", "--out", str(tmp_path / "half"), *ckpt]) == 0
     resumed = tmp_path / "resumed"
+    other = [*common, "--epochs", "2", "--resume", "--out", str(tmp_path / "x"), *ckpt]
+    assert main([*other, "--chains", "32"]) == 2  # not the checkpoint's 24 chains: refused
     assert main([*common, "--epochs", "2", "--resume", "--out", str(resumed), *ckpt]) == 0
     straight = tmp_path / "straight"
     assert main([*common, "--epochs", "2", "--out", str(straight), "--checkpoint-dir",

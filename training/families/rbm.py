@@ -138,10 +138,12 @@ class RBMRecipe(Recipe):
             self.steps = int(state["steps"])
         chains = state.get("chains")
         if chains is not None:
-            if chains.shape[1:] != (self.replicas, self.model.dims):
+            count = getattr(self.args, "chains", None) or self.args.batch_size
+            if chains.shape != (count, self.replicas, self.model.dims):
                 raise ResumeError(
                     f"the checkpoint's chains have shape {list(chains.shape)}; this run's "
-                    f"need [chains, {self.replicas}, {self.model.dims}] (--replicas changed?)"
+                    f"need {[count, self.replicas, self.model.dims]} (--chains or --replicas "
+                    "changed?)"
                 )
             self.chains = chains.to(self.device)
         offset = state.get("hidden_offset")
