@@ -115,6 +115,17 @@ class RBM(LatentModel):
             return None
         return BernoulliMixture(self.start_log_odds, self.start_log_weights)
 
+    def with_start_components(self, components: int) -> RBM:
+        """A copy of this RBM (weights, log Z, base rate) whose config holds ``components``
+        chain-start components, their tensors still unfitted: the count sizes the stored
+        tensors, so a trained RBM gains a start by being rebuilt."""
+        copy = RBM(dataclasses.replace(self.config, start_components=components))
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("start_")}
+        missing, unexpected = copy.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"start_log_odds", "start_log_weights"}:
+            raise RuntimeError(f"rebuilding the RBM: unexpected {unexpected}, missing {missing}")
+        return copy.train(self.training)
+
     def set_chain_start(self, mixture: BernoulliMixture) -> None:
         """Store a fitted start; its component count must be the config's."""
         k = self.config.start_components

@@ -186,6 +186,10 @@ def test_fit_prior_gives_an_rbm_the_start_its_served_chains_begin_at(tmp_path: P
     assert float(weights.sum()) == pytest.approx(1.0, abs=1e-5) and float(weights.min()) > 0.05
     summary = json.loads((folder / "card.json").read_text())["chain_start"]
     assert summary["components"] == 4 and summary["training_images"] == 409
+    # a fitted RBM can be refitted with another count (the old start is not carried over)
+    assert main(["fit-prior", "--model", str(folder), "--components", "3", "--threads", "1"]) == 0
+    assert load_model(folder).config.start_components == 3
+    assert main(["fit-prior", "--model", str(folder), "--components", "4", "--threads", "1"]) == 0
 
     c = start(Settings(weights_dir=tmp_path))
     try:

@@ -19,7 +19,7 @@ import importlib
 import importlib.metadata
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +29,9 @@ from models.plugins import load_plugins
 from .data import Dataset
 from .recipes import Recipe
 from .scoring import Metrics
+
+if TYPE_CHECKING:
+    from .artifacts import OpenedArtifact
 
 Evaluator = Callable[[LatentModel, Dataset, torch.Tensor, argparse.Namespace], Metrics]
 #: (metric, ">=" or "<=", a number or "baseline_key+margin")
@@ -65,6 +68,10 @@ class TrainingSpec:
     floors: tuple[Floor, ...] = ()  # met by the shipped Fashion-MNIST model
     lr: float = 2e-3
     picture: Callable[[LatentModel, Dataset], tuple[torch.Tensor, int]] = default_picture
+    # ``fit-prior`` for a family whose way to generate is its own (the rbm's chain start):
+    # (opened artifact, components, seed) -> writes the artifact and its card. None: the
+    # autoencoders' latent density, or nothing to fit
+    fit_prior: Callable[[OpenedArtifact, int, int], None] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.recipe, type) and issubclass(self.recipe, Recipe)):

@@ -12,7 +12,6 @@ artifacts trained before. ``evaluate`` then reports the samples' Frechet distanc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from typing import Any
@@ -20,14 +19,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models import LatentModel, save_model
+from models import LatentModel
 from models.latent_density import GaussianMixture, fit_gaussian_mixture, write_latent_density
-from models.rbm import RBM
 
 from .argtypes import non_negative_int, positive_int
-from .artifacts import OpenedArtifact, add_artifact_arguments, open_artifact
+from .artifacts import add_artifact_arguments, open_artifact
 from .data import Split
-from .families.rbm import fit_chain_start
+from .families import training_spec
 from .scoring import as_float
 
 
@@ -99,8 +97,9 @@ def add_fit_prior_parser(p: argparse.ArgumentParser) -> None:
 def run_fit_prior(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     opened = open_artifact(args)
-    if isinstance(opened.model, RBM):
-        fit_rbm_chain_start(opened, args.components, args.seed)
+    own = training_spec(opened.model.family).fit_prior
+    if own is not None:
+        own(opened, args.components, args.seed)
         return
     if not opened.model.fits_latent_density:
         raise SystemExit(
@@ -114,22 +113,4 @@ def run_fit_prior(args: argparse.Namespace) -> None:
     write_latent_density(args.model, density)
     print(f"latent density: {json.dumps(summary)}")
     opened.card["latent_density"] = summary
-    opened.write_card()
-
-
-def fit_rbm_chain_start(opened: OpenedArtifact, components: int, seed: int) -> None:
-    """An RBM's "prior" is where its generated Gibbs chains start: a Bernoulli mixture over
-    the training images (models/gibbs.py). The component count is part of the config (it
-    sizes the stored tensors), so the model is rebuilt with it and written back whole."""
-    old = opened.model
-    assert isinstance(old, RBM)
-    config = dataclasses.replace(old.config, start_components=components)
-    model = RBM(config)
-    missing, unexpected = model.load_state_dict(old.state_dict(), strict=False)
-    if unexpected or set(missing) - {"start_log_odds", "start_log_weights"}:
-        raise SystemExit(f"{opened.folder}: unexpected weights {unexpected} / missing {missing}")
-    summary = fit_chain_start(model, opened.data.train, seed)
-    save_model(model.eval(), opened.folder)
-    print(f"chain start: {json.dumps(summary)}")
-    opened.card["chain_start"] = summary
     opened.write_card()

@@ -5,11 +5,13 @@ a log-likelihood."""
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
-from models import ConfigError, LatentModel
+from models import ConfigError, LatentModel, save_model
 from models.gibbs import (
     Ladder,
     ais_betas,
@@ -27,11 +29,19 @@ from ..density import density_headline, evaluate_density
 from ..recipes import Recipe
 from ..scoring import Metrics, class_share_metrics, load_judge
 
+if TYPE_CHECKING:
+    from ..artifacts import OpenedArtifact  # artifacts imports the families
+
+
+def binary_states(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> the RBM's binary visible states [N, D]."""
+    return binarize(images.float() / 255).flatten(1)
+
 
 def base_rate_bias(train: Split) -> torch.Tensor:
     """Log-odds of each pixel being on in the binarized training images [D]: the AIS base
     model (and a good start for the visible biases, Hinton's "practical guide", 2010)."""
-    on = (train.images.float() / 255 > 0.5).float().flatten(1).mean(0)
+    on = binary_states(train.images).mean(0)
     p = (on * len(train.images) + 0.5) / (len(train.images) + 1)  # never exactly 0 or 1
     return torch.log(p) - torch.log1p(-p)
 
@@ -43,7 +53,7 @@ def fit_chain_start(model: RBM, train: Split, seed: int = 0) -> dict[str, float 
     k = model.config.start_components
     if not k:
         raise ValueError("the model's config has start_components 0: no chain start to fit")
-    v = binarize(train.images.float() / 255).flatten(1)
+    v = binary_states(train.images)
     bar = tqdm(desc="chain start EM", leave=False, mininterval=1.0)
 
     def progress(step: int, ll: float) -> None:
@@ -61,6 +71,19 @@ def fit_chain_start(model: RBM, train: Split, seed: int = 0) -> dict[str, float 
         "training_images": len(v),
         "log_likelihood_per_image": round(mean_ll, 2),
     }
+
+
+def fit_prior(opened: OpenedArtifact, components: int, seed: int) -> None:
+    """``fit-prior`` on an RBM: its way to generate is where its Gibbs chains start, so the
+    model is rebuilt with ``components`` chain-start components, fitted, and written back
+    whole (weights and config); the card gains the summary as ``chain_start``."""
+    assert isinstance(opened.model, RBM)
+    model = opened.model.with_start_components(components)
+    summary = fit_chain_start(model, opened.data.train, seed)
+    save_model(model.eval(), opened.folder)
+    print(f"chain start: {json.dumps(summary)}")
+    opened.card["chain_start"] = summary
+    opened.write_card()
 
 
 class RBMRecipe(Recipe):
@@ -121,7 +144,7 @@ class RBMRecipe(Recipe):
                 self.model.base_rate.copy_(rate)
         count = getattr(self.args, "chains", None) or self.args.batch_size
         pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))
-        self.start = binarize(train.images[pick[:count]].float() / 255).flatten(1).to(self.device)
+        self.start = binary_states(train.images[pick[:count]]).to(self.device)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The persistent chains, the centred step's running hidden mean and the step count
@@ -291,5 +314,5 @@ def sample_class_shares(model: RBM, data: Dataset, args: argparse.Namespace) -> 
 
 register_training(TrainingSpec(
     family="rbm", recipe=RBMRecipe, evaluate=evaluate_rbm, headline=density_headline,
-    lr=1e-3, floors=(("min_class_share", ">=", 0.03),),
+    lr=1e-3, floors=(("min_class_share", ">=", 0.03),), fit_prior=fit_prior,
 ))  # fmt: skip
