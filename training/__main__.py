@@ -6,9 +6,10 @@ from .extras import require
 require("python -m training", "train")  # before the modules that import them
 
 from .cli import main  # noqa: E402
+from .distributed import launched_processes  # noqa: E402
 
 code = main()
-if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+if launched_processes() > 1:
     # Under torchrun, leave without the interpreter's teardown. Everything is written and the
     # process group destroyed by now, yet about one run in fifteen on a loaded 2-core host had a
     # rank abort at exit ("terminate called without an active exception", no Python frame:

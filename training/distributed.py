@@ -103,10 +103,15 @@ class World:
             dist.destroy_process_group()
 
 
+def launched_processes() -> int:
+    """How many processes torchrun started for this job (its WORLD_SIZE); 1 without it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def join_world(device: torch.device | None = None) -> World:
     """Join the process group torchrun describes in the environment (or stay alone): NCCL
     between GPUs (``device`` cuda, one per process), gloo between CPU processes."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_processes()
     if size <= 1:
         return World()
     backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
