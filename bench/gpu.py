@@ -68,7 +68,7 @@ def forward_costs(lines: list[str]) -> None:
             if torch.cuda.is_available():
                 on_gpu = load_model(ROOT / "weights" / name, device="cuda")
                 cuda = f"{timed(getattr(on_gpu, method), x.cuda()):,.1f}"
-            ort = timed(onnx_call(model, method, x.repeat(max(1, 16 // batch), *[1] * (x.ndim - 1))[:16], 1, "auto"), x)  # fmt: skip
+            ort = timed(onnx_call(model, method, (x.repeat(max(1, 16 // batch), *[1] * (x.ndim - 1))[:16],), 1, "auto"), x)  # fmt: skip
             lines.append(f"| {name}.{method} | {batch} | {cpu:,.1f} | {cuda} | {ort:,.1f} |")
 
 

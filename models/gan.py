@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .adjoint import squared_error_and_gradient
 from .base import (
     ConfigError,
     LatentModel,
@@ -76,6 +77,7 @@ class GANConfig(ModelConfig):
     latent_dim: int = 64
     width: int = 32  # generator's last / critic's first conv width; doubles per stage
     inverter_width: int = 0  # the inverter's first conv width; 0: no inverter (inversion.py)
+    inverter_preconditioned: bool = False  # the inverter carries a refinement preconditioner
     class_guidance: float = 0.0  # weight of the CatGAN class terms; 0: labels unused
     label_classes: int = 0  # classes of the training labels (the trainer sets it)
     mixture_prior: bool = False  # z from one unit Gaussian per training class (see above)
@@ -86,6 +88,8 @@ class GANConfig(ModelConfig):
         check_positive(self, "width")
         if self.inverter_width:
             check_positive(self, "inverter_width")
+        if self.inverter_preconditioned and not self.inverter_width:
+            raise ConfigError("inverter_preconditioned needs an inverter (inverter_width > 0)")
         check_range("class_guidance", self.class_guidance, 0.0, 100.0)
         if self.class_guidance and self.label_classes < 2:
             raise ConfigError(
@@ -126,9 +130,14 @@ class Generator(nn.Module):
             c //= 2
         layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Tanh()]
         self.body = nn.Sequential(*layers)
+        self.unflatten = nn.Unflatten(1, self.start_shape)  # no weights: the files are unchanged
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(self.project(z).view(-1, *self.start_shape))
+        return self.body(self.unflatten(self.project(z)))
+
+    def layers(self) -> list[nn.Module]:
+        """Every layer in the order forward applies them (adjoint.py walks them backwards)."""
+        return [*self.project, self.unflatten, *self.body]
 
 
 class Critic(nn.Module):
@@ -178,7 +187,12 @@ class GAN(LatentModel):
     family = "gan"
     config_class = GANConfig
     operations = {
-        "encode": Op("find_latent", returns=("latent", "reconstruction_error"), search=True),
+        "encode": Op(
+            "find_latent",
+            returns=("latent", "reconstruction_error"),
+            search=True,
+            objective="inversion_objective",
+        ),
         "decode": Op("decode"),
         "generate": Op("decode", prepare="sample_latent"),
     }
@@ -237,6 +251,32 @@ class GAN(LatentModel):
         check_code_shape(self, z)
         return (self.generator(z) + 1) / 2
 
+    def inversion_objective(
+        self, z: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z [B, K], target [B, C, H, W] in [0, 1]) -> (||decode(z) - target||^2 per image
+        [B], its gradient in z [B, K]): what inversion evaluates at every step, written out
+        (adjoint.py) so that the service's engines compile it; the model must be in eval mode."""
+        check_code_shape(self, z)
+        check_images(self, target)
+        if len(z) != len(target):
+            raise ValueError(f"{len(z)} latents for {len(target)} images")
+        # decode = (G(z) + 1) / 2
+        return squared_error_and_gradient(self.generator.layers(), z, target, 0.5, 0.5)
+
+    def set_inversion_preconditioner(self, root: torch.Tensor) -> None:
+        """Give the inverter the refinement's preconditioner L [K, K] (inversion.py's
+        ``gauss_newton_preconditioner``); it is saved with the inverter's weights."""
+        if self.inverter is None:
+            raise ValueError("a preconditioner goes with an inverter: fit one first")
+        if root.shape != (self.latent_dim, self.latent_dim) or not torch.isfinite(root).all():
+            raise ValueError(
+                f"expected a finite [{self.latent_dim}, {self.latent_dim}] preconditioner, "
+                f"got {list(root.shape)}"
+            )
+        self.config.inverter_preconditioned = True
+        self.inverter.register_buffer("preconditioner", root.detach().clone().contiguous())
+
     def find_latent(
         self, x: torch.Tensor, budget: SearchBudget | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,11 +290,14 @@ class GAN(LatentModel):
             raise ValueError(
                 f"inversion {method!r} is not available; this model has {self.inversion_methods}"
             )
+        objective = budget.objective or self.inversion_objective
         if method == "amortised":
             assert self.inverter is not None
-            return refine(self, self.inverter, x, budget.refine_steps, budget.time_s, budget.stop)
+            return refine(self, self.inverter, x, budget.refine_steps, budget.time_s, budget.stop,
+                          objective)  # fmt: skip
         return invert(self, x, budget.steps, budget.restarts, time_budget_s=budget.time_s,
-                      generator=torch.Generator().manual_seed(0), stop=budget.stop)  # fmt: skip
+                      generator=torch.Generator().manual_seed(0), stop=budget.stop,
+                      objective=objective)  # fmt: skip
 
     def sample_latent(
         self,
@@ -354,4 +397,4 @@ def make_inverter(gan: LatentModel) -> Inverter | None:
     if not config.inverter_width:
         return None
     c, side, _ = config.image_shape
-    return Inverter(c, side, config.inverter_width, gan.latent_dim)
+    return Inverter(c, side, config.inverter_width, gan.latent_dim, config.inverter_preconditioned)

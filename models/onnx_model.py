@@ -256,9 +256,12 @@ def session_options(threads: int) -> Any:
     return options
 
 
-def export_graph(module: torch.nn.Module, example: torch.Tensor) -> tuple[bytes, int]:
-    """``module`` on inputs like ``example`` -> (an ONNX graph, its number of outputs): input
-    ``x``, outputs ``y0``, ``y1``, ..., the batch axis (0) of each dynamic.
+def export_graph(
+    module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]
+) -> tuple[bytes, int]:
+    """``module`` on inputs like ``example`` (one tensor, or a tuple for a module of several
+    inputs) -> (an ONNX graph, its number of outputs): input ``x`` (``x0``, ``x1``, ... for
+    several), outputs ``y0``, ``y1``, ..., the batch axis (0) of each dynamic.
 
     The TorchScript-based exporter (``dynamo=False``, deprecated since torch 2.9 but still
     shipped in 2.13): the torch.export-based one needs the onnxscript package and took seconds
@@ -268,18 +271,20 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor) -> tuple[bytes,
     module = module.eval()
     # outside inference mode: the exporter takes an inference tensor for a constant, and the
     # graph then has no input at all (the service's engines run in inference mode)
+    examples = example if isinstance(example, tuple) else (example,)
     with torch.inference_mode(False), torch.no_grad():
-        example = example.clone()
-        produced = module(example)
+        examples = tuple(x.clone() for x in examples)
+        produced = module(*examples)
     n_out = len(produced) if isinstance(produced, tuple) else 1
+    inputs = ["x"] if len(examples) == 1 else [f"x{i}" for i in range(len(examples))]
     outputs = [f"y{i}" for i in range(n_out)]
     buffer = io.BytesIO()
     with EXPORT_LOCK, warnings.catch_warnings(), torch.inference_mode(False):
         warnings.simplefilter("ignore")  # the exporter's notes on traced Python values
         torch.onnx.export(
-            module, (example,), buffer,  # type: ignore[arg-type]  # a file object works
+            module, examples, buffer,  # type: ignore[arg-type]  # a file object works
             dynamo=False, opset_version=OPSET,
-            input_names=["x"], output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in ["x", *outputs]},
+            input_names=inputs, output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]},
         )  # fmt: skip
     return buffer.getvalue(), n_out

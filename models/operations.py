@@ -16,7 +16,11 @@ what lets the service batch concurrent requests and trace the call. Two kinds ar
   latent model draws codes and decodes them; a model without a code draws whatever noise its
   sampler consumes.
 - ``search=True`` marks an iterative optimisation (GAN inversion): it is called with
-  ``budget=SearchBudget(...)`` from the service's settings and is never traced.
+  ``budget=SearchBudget(...)`` from the service's settings and is never traced. What it
+  evaluates at every step can be declared as ``objective``, a method of two batched tensors
+  (code [B, K], target images [B, C, H, W]) -> (error [B], gradient [B, K]) written with
+  forward operations only: the service compiles it like any call and passes it in as
+  ``budget.objective``.
 
 ``check_declaration`` runs when a family registers (an ``assert`` would vanish under ``-O``):
 a family that declares an operation without the methods it names is refused at import.
@@ -46,10 +50,15 @@ INPUTS = {
 
 
 #: L-BFGS evaluations after an inverter's prediction (inversion.refine): the service's default
-#: (``LATENTSERVE_INVERSION_REFINE_STEPS``) and the evaluator's, sized to answer a single image
-#: within 50 ms through the service on 2 cores (bench/results/inversion.md: about 2 ms a step
-#: at one image; 20 took 43 ms p50, 22 took 47 ms, 24 took 52-53 ms)
-REFINE_STEPS = 22
+#: (``LATENTSERVE_INVERSION_REFINE_STEPS``) and the evaluator's. With the preconditioner and the
+#: objective on ONNX Runtime, 16 answered a single image in 27.5 / 31.4 ms p50 through the
+#: service at 24.59 / 24.88 dB (gan-fashion / cgan-fashion, bench/results/inversion.md), and
+#: stay under 50 ms with the eager objective (about 2.3 ms an evaluation)
+REFINE_STEPS = 16
+
+
+#: a search's objective: (code [B, K], target images [B, C, H, W]) -> (error [B], gradient [B, K])
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +80,9 @@ class Op:
     takes_steps: bool = False
     #: a chain sampler: the method that returns its frames [n, F, C, H, W] (for a GIF)
     frames: str | None = None
+    #: a search only: the method (code [B, K], target [B, C, H, W]) -> (error [B], gradient
+    #: [B, K]) it evaluates at each step; the service compiles it (``budget.objective``)
+    objective: str | None = None
 
     @property
     def traceable(self) -> bool:
@@ -92,6 +104,9 @@ class SearchBudget:
     #: "optimisation" (``steps`` steps from ``restarts`` random starts); None: the first it has
     method: str | None = None
     refine_steps: int = REFINE_STEPS
+    #: the declared ``Op.objective`` as the caller compiled it (the service's engines), taking
+    #: (code [B, K], target [B, C, H, W]); None: the search calls the model's own method
+    objective: Objective | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +251,9 @@ def check_declaration(cls: type, ops: dict[str, Op], example_config: dict[str, A
         raise DeclarationError(f"family {name!r}: generate must be one of its samplers")
     named = [*ops.items(), *(("generate", op) for op in samplers.values())]
     for operation, op in named:
-        for method in (op.method, op.prepare, op.frames):
+        if op.objective is not None and not op.search:
+            raise DeclarationError(f"family {name!r}: {operation}: only a search has an objective")
+        for method in (op.method, op.prepare, op.frames, op.objective):
             if method is not None and not callable(getattr(cls, method, None)):
                 raise DeclarationError(
                     f"family {name!r}: {operation} names {cls.__name__}.{method}, which does not exist"

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="random starts per image; the best is kept"
     )
     inversion_refine_steps: int = Field(
-        22,
+        16,
         ge=0,
         le=1000,
         description="L-BFGS evaluations after a GAN inverter's prediction (amortised)",

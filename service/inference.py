@@ -22,12 +22,13 @@ import secrets
 import weakref
 from collections.abc import Iterable, Iterator
 from functools import partial
+from typing import cast
 
 import torch
 
 from models import EncodeOutput, Op, SearchBudget, corrupt
 from models.imaging import to_pixels
-from models.operations import INPUTS, wrap_output
+from models.operations import INPUTS, Objective, wrap_output
 
 from .batching import (
     BatchEngine,
@@ -227,6 +228,9 @@ class Operations:
         fn: BatchFn
         if op.search:  # iterative: never traced, run with the settings' budget
             budget = dataclasses.replace(self.budget, **options)  # type: ignore[arg-type]
+            if op.objective:  # what it evaluates at every step, compiled as any call is
+                objective = cast(Objective, self.compiled(lm, op.objective))  # (error, grad)
+                budget = dataclasses.replace(budget, objective=objective)
             fn = partial(getattr(lm.model, op.method), budget=budget)
         elif options or not op.traceable:  # with arguments: as it is (a trace has none)
             fn = partial(getattr(lm.model, op.method), **options)
@@ -295,34 +299,38 @@ class Operations:
     async def warm_up(self, models: Iterable[LoadedModel]) -> int:
         """Run one small batch of each model's traceable calls, so that their traces exist
         before the first requests need them (tracing takes ~0.1-0.5 s per call, and ~5-10
-        MB each: LATENTSERVE_TRACE_AT_START). The calls are exactly those requests make
-        (``call``), read from the declaration, and the anomaly score's features call where
-        the model serves one. Returns how many calls are now traced. The
-        batches queue like requests: traffic that arrives meanwhile waits behind at most
-        one of them. The GIF encoder's process starts here too."""
+        MB each: LATENTSERVE_TRACE_AT_START), and one search of each search that declares an
+        objective (a GAN's inversion), in the expensive lane where searches run, which
+        compiles the objective. The calls are exactly those requests make (``call``), read
+        from the declaration, and the anomaly score's features call where the model serves
+        one. Returns how many calls are now compiled. The batches queue like requests:
+        traffic that arrives meanwhile waits behind at most one of them. The GIF encoder's
+        process starts here too."""
         await asyncio.to_thread(self.gifs.start)
         if self.settings.engine == "torch":
             return 0
-        traced: set[tuple[str, str]] = set()
+        compiled: set[tuple[str, str]] = set()
         g = torch.Generator().manual_seed(0)
         for lm in models:
-            for call, x in self._warm_up_calls(lm, g):
+            for call, x, method in self._warm_up_calls(lm, g):
                 try:
-                    await self.engine.run(call, x)
+                    await (self.expensive if call.search else self.engine).run(call, x)
                 except Exception as exc:  # the model's requests will say it; keep warming
-                    log.warning("warming up %s.%s failed: %s", lm.name, call.method, exc)
-                if self.compiled(lm, call.method).state not in ("pending", "eager"):
-                    traced.add((lm.name, call.method))
-        return len(traced)
+                    log.warning("warming up %s.%s failed: %s", lm.name, method, exc)
+                if self.compiled(lm, method).state not in ("pending", "eager"):
+                    compiled.add((lm.name, method))
+        return len(compiled)
 
     def _warm_up_calls(
         self, lm: LoadedModel, g: torch.Generator
-    ) -> list[tuple[ModelCall, torch.Tensor]]:
-        """What warm_up runs for one model: each traceable declared operation's call on one
-        row of what it takes, and the anomaly score's features call where the model has one."""
+    ) -> list[tuple[ModelCall, torch.Tensor, str]]:
+        """What warm_up runs for one model, with the method that it compiles: each traceable
+        declared operation's call and each search with an objective, on one row of what it
+        takes, and the anomaly score's features call where the model has one."""
         model, calls = lm.model, []
         for operation, op in model.operations.items():
-            if not op.traceable:
+            method = op.objective if op.search else op.method if op.traceable else None
+            if method is None:
                 continue
             if op.prepare is not None:
                 x = getattr(model, op.prepare)(1, g, 1.0, None)
@@ -330,11 +338,11 @@ class Operations:
                 x = torch.randn(1, model.latent_dim, generator=g)
             else:
                 x = torch.rand(1, *model.image_shape, generator=g)
-            calls.append((self.call(lm, operation), x))
+            calls.append((self.call(lm, operation), x, method))
         features = model.density.features if model.density and lm.features else None
         if features:  # the feature distance runs it as density.py does
             x = torch.rand(1, *model.image_shape, generator=g)
-            calls.append((self.call(lm, "likelihood", op=Op(features)), x))
+            calls.append((self.call(lm, "likelihood", op=Op(features)), x, features))
         return calls
 
     async def encode(

@@ -46,21 +46,26 @@ def session_for(graph: bytes, threads: int, providers: Sequence[str]) -> object:
 
 
 class OnnxCall:
-    """Runs an exported call: torch tensor in, torch tensor(s) out, as the eager call."""
+    """Runs an exported call: torch tensor(s) in, torch tensor(s) out, as the eager call."""
 
     def __init__(self, session: object, n_outputs: int) -> None:
         self.session = session
         self.n_outputs = n_outputs
+        self.names = [i.name for i in session.get_inputs()]  # type: ignore[attr-defined]
 
-    def __call__(self, x: torch.Tensor) -> Output:
-        feed = {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+    def __call__(self, *inputs: torch.Tensor) -> Output:
+        feed = {
+            name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+            for name, x in zip(self.names, inputs, strict=True)
+        }
         values = self.session.run(None, feed)  # type: ignore[attr-defined]
         tensors = tuple(torch.from_numpy(v) for v in values)
         return tensors[0] if self.n_outputs == 1 else tensors
 
 
 def onnx_call(
-    model: torch.nn.Module, method: str, example: torch.Tensor, threads: int, device: str
-) -> Callable[[torch.Tensor], Output]:
+    model: torch.nn.Module, method: str, example: tuple[torch.Tensor, ...], threads: int,
+    device: str,
+) -> Callable[..., Output]:  # fmt: skip
     graph, n_out = export_graph(MethodCall(model, method), example)
     return OnnxCall(session_for(graph, threads, providers_for(device)), n_out)

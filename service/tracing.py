@@ -25,19 +25,21 @@ Output = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class MethodCall(nn.Module):
-    """``model.<method>(x)`` as a module, so the trace keeps the weights as parameters."""
+    """``model.<method>(*inputs)`` as a module, so the trace keeps the weights as parameters."""
 
     def __init__(self, model: nn.Module, method: str) -> None:
         super().__init__()
         self.model = model
         self.method = method
 
-    def forward(self, x: torch.Tensor) -> Any:
-        return getattr(self.model, self.method)(x)
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return getattr(self.model, self.method)(*inputs)
 
 
-def trace_call(model: nn.Module, method: str, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``model.<method>`` traced on ``example``."""
+def trace_call(
+    model: nn.Module, method: str, example: tuple[torch.Tensor, ...]
+) -> torch.jit.ScriptModule:
+    """``model.<method>`` traced on the inputs ``example``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks

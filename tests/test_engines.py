@@ -141,6 +141,7 @@ def test_compile_at_start_compiles_every_call_before_ready(weights_dir: Path) ->
             ("ae-t", "reconstruct"), ("ae-t", "encode"), ("ae-t", "decode"), ("vae-t", "encode_distribution"),
             ("gan-t", "decode"), ("cvae-t", "reconstruct"), ("classifier-t", "classify"),
             ("made-t", "log_likelihood"), ("made-t", "anomaly_features"),  # the anomaly's calls
+            ("gan-t", "inversion_objective"),  # compiled by one search in the expensive lane
         }  # fmt: skip
         states = {
             (n, m): state.operations.compiled(state.registry.get(n), m).state for n, m in wanted
@@ -178,6 +179,34 @@ def test_every_shipped_call_runs_on_onnx_runtime_within_tolerance() -> None:
     assert set(states.values()) == {"onnxruntime"}, {
         k: v for k, v in states.items() if v != "onnxruntime"
     }
+
+
+@pytest.mark.skipif(not SHIPPED, reason="the shipped weights are not in weights/ yet")
+def test_every_shipped_search_objective_runs_on_onnx_runtime_within_tolerance() -> None:
+    """A shipped GAN's inversion objective (value and gradient, two inputs) compiles to ONNX
+    Runtime and gives autograd's numbers within its tolerance at several batch sizes."""
+    from models.inversion import autograd_objective
+
+    checked = 0
+    for folder in SHIPPED:
+        model = load_model(folder)
+        for op in model.operations.values():
+            if op.objective is None:
+                continue
+            call = EngineCall(model, op.objective, f"{folder.name}.{op.objective}", "auto")
+            g = torch.Generator().manual_seed(0)
+            for n in (1, 5, 1):
+                z = torch.randn(n, model.latent_dim, generator=g)
+                target = torch.rand(n, *model.image_shape, generator=g)
+                with torch.inference_mode():
+                    got = call(z, target)
+                want = autograd_objective(model)(z, target)
+                assert call.state == "onnxruntime", call.failures
+                for g_t, w_t in zip(got, want, strict=True):  # type: ignore[arg-type]
+                    scale = float(w_t.abs().max())  # gradients reach ~100: relative to it
+                    torch.testing.assert_close(g_t, w_t, rtol=1e-4, atol=1e-4 * scale)
+            checked += 1
+    assert checked >= 2  # gan-fashion and cgan-fashion
 
 
 def _rss_mb() -> float:

@@ -157,6 +157,12 @@ class _Chains(Autoencoder):
         ({"a": Op("nope", prepare="seeds", search=True)}, "same", "names _Chains.nope, which"),
         ({"a": Op("sample_a", prepare="seeds", takes_steps=True)}, "same", "runs as a search"),
         ({"a": Op("plain", prepare="seeds", search=True)}, "same", "plain must take budget="),
+        ({"a": Op("plain", prepare="seeds", objective="plain")}, "same", "only a search has an"),
+        (
+            {"a": Op("sample_a", prepare="seeds", search=True, objective="nope")},
+            "same",
+            "names _Chains.nope, which",
+        ),
     ],
 )
 def test_sampler_declarations_are_checked(samplers: dict, generate: object, message: str) -> None:

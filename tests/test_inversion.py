@@ -19,8 +19,17 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 from models import SearchBudget, load_model, save_model
+from models.base import ConfigError
 from models.gan import GAN
-from models.inversion import Adam, descend, lbfgs_descend, per_image_error
+from models.inversion import (
+    Adam,
+    CurvaturePairs,
+    autograd_objective,
+    descend,
+    gauss_newton_preconditioner,
+    lbfgs_descend,
+    per_image_error,
+)
 from models.operations import REFINE_STEPS
 from service import Settings
 from service.imaging import image_to_tensor
@@ -79,11 +88,12 @@ def test_lbfgs_refinement_solves_least_squares_far_sooner_than_adam() -> None:
     truth = torch.randn(4, gen.latent_dim, generator=torch.Generator().manual_seed(1))
     target = gen.decode(truth)
     start = torch.zeros_like(truth)
-    z = lbfgs_descend(gen, target, start, 40)
+    objective = autograd_objective(gen)
+    z = lbfgs_descend(objective, target, start, 40)
     torch.testing.assert_close(z, truth, atol=1e-3, rtol=0)
-    adam = descend(gen, target, start, 40, 0.05)
+    adam = descend(objective, target, start, 40, 0.05)
     assert float((adam - truth).norm(dim=1).min()) > 10 * float((z - truth).norm(dim=1).max())
-    alone = lbfgs_descend(gen, target[2:3], start[2:3], 40)
+    alone = lbfgs_descend(objective, target[2:3], start[2:3], 40)
     torch.testing.assert_close(alone[0], z[2], atol=1e-5, rtol=0)
     calls: list[int] = []
 
@@ -91,8 +101,108 @@ def test_lbfgs_refinement_solves_least_squares_far_sooner_than_adam() -> None:
         calls.append(1)
         return len(calls) >= 3
 
-    stopped = lbfgs_descend(gen, target, start, 40, stop=third_call)
+    stopped = lbfgs_descend(objective, target, start, 40, stop=third_call)
     assert len(calls) == 3 and float((stopped - truth).norm()) > 1e-2
+
+
+def two_loop(g: np.ndarray, s: list[np.ndarray], y: list[np.ndarray]) -> np.ndarray:
+    """H g by the two-loop recursion (Nocedal & Wright, algorithm 7.4), pairs oldest first."""
+    q, alphas = g.copy(), []
+    for si, yi in reversed(list(zip(s, y, strict=True))):
+        rho = 1 / (si @ yi)
+        alphas.append((rho, rho * (si @ q)))
+        q -= alphas[-1][1] * yi
+    r = q * ((s[-1] @ y[-1]) / (y[-1] @ y[-1]) if s else 1.0)
+    for si, yi, (rho, alpha) in zip(s, y, reversed(alphas), strict=True):
+        r += (alpha - rho * (yi @ r)) * si
+    return r
+
+
+def test_the_compact_form_gives_the_two_loop_recursions_direction() -> None:
+    """Rows with no pair, with two, and with six pairs in four slots (the oldest dropped);
+    a pair of negative curvature is not kept."""
+    rng = np.random.default_rng(0)
+    k, memory = 7, 4
+    m = rng.normal(size=(k, k))
+    spd = m @ m.T + np.eye(k)  # y = spd s: positive curvature
+    pairs, added = CurvaturePairs(3, memory, k), [[], [], []]  # type: ignore[var-annotated]
+    for step in range(6):
+        moved = np.array([False, step < 2, True])
+        s = rng.normal(size=(3, k))
+        y = s @ spd
+        pairs.add(moved, s, y)
+        for i in np.flatnonzero(moved):
+            added[i].append((s[i], y[i]))
+    pairs.add(np.array([False, True, False]), s, -s)  # negative curvature: dropped
+    g = rng.normal(size=(3, k))
+    got = pairs.inverse_hessian_times(g)
+    for i in range(3):
+        kept = added[i][-memory:]
+        want = two_loop(g[i], [p[0] for p in kept], [p[1] for p in kept])
+        np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(got[0], g[0])  # no pairs: the identity
+
+
+def test_the_gauss_newton_preconditioner_makes_a_linear_generators_error_round() -> None:
+    """For G(z) = A z the preconditioner's L has L^T (2 A^T A) L = I (up to the ridge), so
+    L-BFGS in u (z = z0 + L u) solves the least squares in a few evaluations; in z it does
+    not (A's columns are scaled from 0.2 to 3)."""
+    gen: Any = LinearGenerator()
+    root = gauss_newton_preconditioner(gen, torch.randn(6, gen.latent_dim), ridge=1e-7)
+    hessian = 2 * gen.a.T.double() @ gen.a.double()
+    whitened = root.T.double() @ hessian @ root.double()
+    torch.testing.assert_close(
+        whitened, torch.eye(gen.latent_dim, dtype=torch.float64), atol=1e-3, rtol=0
+    )
+    truth = torch.randn(4, gen.latent_dim, generator=torch.Generator().manual_seed(1))
+    target, start = gen.decode(truth), torch.zeros_like(truth)
+    objective = autograd_objective(gen)
+
+    def in_u(u: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        error, grad = objective(start + u @ root.T, t)
+        return error, grad @ root
+
+    solved = start + lbfgs_descend(in_u, target, torch.zeros_like(truth), 4) @ root.T
+    torch.testing.assert_close(solved, truth, atol=1e-3, rtol=0)
+    plain = lbfgs_descend(objective, target, start, 4)
+    assert float((plain - truth).norm(dim=1).min()) > 0.1
+    with pytest.raises(ValueError, match="codes of shape"):
+        gauss_newton_preconditioner(gen, torch.randn(6, 2))
+
+
+def test_refinement_runs_in_the_preconditioned_code_which_is_saved_with_the_inverter(
+    tmp_path: Path,
+) -> None:
+    model = with_inverter("cgan")
+    assert model.inverter is not None and model.inverter.preconditioner is None
+    budget = SearchBudget(refine_steps=5)
+    with torch.inference_mode():
+        plain, _ = model.find_latent(IMAGES, budget)
+        model.set_inversion_preconditioner(torch.eye(model.latent_dim))
+        same, _ = model.find_latent(IMAGES, budget)  # L = I: the same search
+        codes = model.inverter(IMAGES)
+    torch.testing.assert_close(same, plain, atol=1e-6, rtol=1e-5)
+    root = gauss_newton_preconditioner(model.eval(), codes)
+    model.set_inversion_preconditioner(root)
+    with torch.inference_mode():
+        z, error = model.find_latent(IMAGES, budget)
+        torch.testing.assert_close(error, per_image_error(model, z, IMAGES))
+    assert not torch.allclose(z, plain, atol=1e-4)
+    save_model(model, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["config"][
+        "inverter_preconditioned"
+    ]
+    loaded = load_model(tmp_path / "p")
+    assert isinstance(loaded, GAN) and loaded.inverter is not None
+    torch.testing.assert_close(loaded.inverter.preconditioner, root, atol=0, rtol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.find_latent(IMAGES, budget)[0], z, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"\[5, 5\] preconditioner"):
+        tiny_model("gan", inverter_width=4).set_inversion_preconditioner(torch.eye(3))  # type: ignore[operator]
+    with pytest.raises(ValueError, match="fit one first"):
+        tiny_model("gan").set_inversion_preconditioner(torch.eye(5))  # type: ignore[operator]
+    with pytest.raises(ConfigError, match="needs an inverter"):
+        tiny_model("gan", inverter_preconditioned=True)
 
 
 def test_the_optimisation_path_stays_and_a_model_without_an_inverter_has_only_it() -> None:
@@ -186,6 +296,19 @@ def test_fit_inverter_writes_the_inverter_into_the_artifact_and_leaves_the_gener
     )
     assert metrics["amortised_inversion_refine_steps"] == REFINE_STEPS
     assert "amortised inversion:" in capsys.readouterr().out
+    assert trained.config.inverter_preconditioned and card["inverter"]["preconditioner"]["images"]
+    # --epochs 0: the trained inverter stays, the preconditioner is fitted again (the same)
+    training_main(["fit-inverter", "--model", str(folder), "--dataset", "synthetic", "--epochs", "0",
+                   "--eval-images", "4", "--threads", "1"])  # fmt: skip
+    again = load_file(str(folder / "model.safetensors"))
+    for name, tensor in after.items():
+        torch.testing.assert_close(again[name], tensor, rtol=0, atol=1e-6)
+    assert len(json.loads((folder / "card.json").read_text())["inverter"]["history"]) == 2
+    plain = write_tiny(tmp_path / "plain", "gan", atlas=())
+    with pytest.raises(SystemExit, match="has none"):
+        training_main(
+            ["fit-inverter", "--model", str(plain), "--dataset", "synthetic", "--epochs", "0"]
+        )
 
 
 def test_fit_inverter_refuses_a_model_without_a_generator(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 The amortised half of GAN inversion (models/inversion.py; Zhu et al. 2016, Zhu et al. 2020):
 a conv encoder E learns, with the generator G fixed, to map a training image x to the code
 whose image is x, by minimising ||G(E(x)) - x||^2 over the training images, the objective the
-service's refinement steps then continue on the one image it is given. The inverter is stored
+service's refinement steps then continue on the one image it is given. Then the refinement's
+preconditioner is fitted (the generator's mean Gauss-Newton matrix at E's codes for training
+images; ``--epochs 0`` fits only it, keeping a trained inverter). The inverter is stored
 in the artifact's own ``model.safetensors`` (tensors ``inverter.*``) and its width in
 ``config.json``; the GAN's other weights are written back unchanged. The card gains the
 amortised inversion's PSNR and time per image beside the optimisation's.
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from models import LatentModel, save_model
 from models.gan import GAN, make_inverter
+from models.inversion import gauss_newton_preconditioner
 from models.operations import REFINE_STEPS
 
 from .argtypes import non_negative_int, positive_float, positive_int
@@ -34,7 +37,15 @@ def add_fit_inverter_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_artifact_arguments(p, "weights/gan-fashion")
     p.add_argument("--width", type=positive_int, default=32, help="the inverter's first conv width")
-    p.add_argument("--epochs", type=positive_int, default=8, help="passes over the training images")
+    p.add_argument(
+        "--epochs", type=non_negative_int, default=8,
+        help="passes over the training images; 0: keep the model's trained inverter and fit "
+        "only the refinement's preconditioner",
+    )  # fmt: skip
+    p.add_argument(
+        "--preconditioner-images", type=positive_int, default=300,
+        help="training images whose predicted codes the preconditioner averages over",
+    )  # fmt: skip
     p.add_argument(
         "--steps-per-epoch", type=positive_int, help="stop each epoch after this many batches"
     )
@@ -115,6 +126,23 @@ def fit_inverter(model: GAN, train: Split, val: Split, args: argparse.Namespace)
     }
 
 
+def fit_preconditioner(model: GAN, train: Split, args: argparse.Namespace) -> dict:
+    """Give the model's inverter the refinement's preconditioner (models/inversion.py), from
+    its predictions for the first ``--preconditioner-images`` training images; its summary."""
+    assert model.inverter is not None
+    model.eval()
+    started = time.perf_counter()
+    x = as_float(train.images[: args.preconditioner_images])
+    with torch.no_grad():
+        codes = model.inverter(x)
+    model.set_inversion_preconditioner(gauss_newton_preconditioner(model, codes))
+    return {
+        "kind": "Gauss-Newton: mean J^T J of the generator at the inverter's codes",
+        "images": len(x),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def run_fit_inverter(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     opened = open_artifact(args)
@@ -123,7 +151,13 @@ def run_fit_inverter(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"{args.model}: a {model.family} model has no generator to invert (gan, cgan)"
         )
-    summary = fit_inverter(model, opened.data.train, opened.data.val, args)
+    if args.epochs:
+        summary = fit_inverter(model, opened.data.train, opened.data.val, args)
+    elif model.inverter is None:
+        raise SystemExit(f"{args.model}: --epochs 0 keeps the trained inverter, and it has none")
+    else:
+        summary = opened.card.get("inverter", {})
+    summary["preconditioner"] = fit_preconditioner(model, opened.data.train, args)
     test = as_float(opened.data.test.images[: args.eval_images])
     with torch.inference_mode():
         metrics = amortised_inversion_metrics(model, test, args.refine_steps)
