@@ -176,7 +176,13 @@ class PixelCNN(LatentModel):
         moves)."""
         check_images(self, x)
         u = to_unit(quantize(x))
-        return F.adaptive_avg_pool2d(self.horizontal_stack(u, self.links(u)), 2).flatten(1)
+        h = self.horizontal_stack(u, self.links(u))  # [B, channels, H, W]
+        _, height, width = self.image_shape
+        if height % 2 or width % 2:  # quarters that share a middle row or column
+            return F.adaptive_avg_pool2d(h, 2).flatten(1)
+        # even sides: the same means as a fixed pool, which ONNX can export (the adaptive
+        # pool's input size is not known to the exporter, so the call stayed a trace)
+        return F.avg_pool2d(h, (height // 2, width // 2)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] in [-1, 1] -> mixture parameters [B, C, 3K, H, W] for every pixel."""
