@@ -228,6 +228,9 @@ def test_every_operation_in_the_browser(page, servers, tmp_path: Path) -> None:
     page.check("#ends-seeds")
     page.fill("#steps", "12")
     page.click("#interpolate")
+    # the reply sets the slider's range and the first frame together; until then the last
+    # interpolation's frames are on the page (filling the slider then raced the reply)
+    expect(page.locator("#frame-slider")).to_have_attribute("max", "11")
     not_blank(page, "#frame")
     frame0 = page.get_attribute("#frame", "src")
     page.locator("#frame-slider").fill("11")
