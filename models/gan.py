@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .adjoint import squared_error_and_gradient
+from .adjoint import check_supported, squared_error_and_gradient
 from .base import (
     ConfigError,
     LatentModel,
@@ -68,7 +68,7 @@ from .base import (
     register,
 )
 from .blocks import stage_plan
-from .inversion import Inverter, invert, refine
+from .inversion import Inverter, autograd_objective, invert, refine
 from .operations import Op, SearchBudget
 
 
@@ -261,8 +261,13 @@ class GAN(LatentModel):
         check_images(self, target)
         if len(z) != len(target):
             raise ValueError(f"{len(z)} latents for {len(target)} images")
+        layers = self.generator.layers()
+        try:
+            check_supported(layers)
+        except ValueError:  # a layer adjoint.py has no product for: autograd, not compiled
+            return autograd_objective(self)(z, target)
         # decode = (G(z) + 1) / 2
-        return squared_error_and_gradient(self.generator.layers(), z, target, 0.5, 0.5)
+        return squared_error_and_gradient(layers, z, target, 0.5, 0.5)
 
     def set_inversion_preconditioner(self, root: torch.Tensor) -> None:
         """Give the inverter the refinement's preconditioner L [K, K] (inversion.py's

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from models import SearchBudget
 from models.adjoint import squared_error_and_gradient
 from models.gan import GAN
 from models.inversion import autograd_objective
@@ -92,6 +93,26 @@ def test_a_gans_inversion_objective_is_autograd_through_decode(family: str) -> N
         model.inversion_objective(z[:3], target)
     with pytest.raises(ValueError, match="latents of shape"):
         model.inversion_objective(z[:, :2], target)
+
+
+def test_a_generator_with_a_layer_it_cannot_write_out_still_inverts_by_autograd() -> None:
+    model = tiny_model("gan", seed=3, inverter_width=4)
+    assert isinstance(model, GAN)
+    model.generator.body[2] = nn.SiLU()  # where a ReLU was
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, model.latent_dim, generator=g)
+    target = torch.rand(2, *model.image_shape, generator=g)
+    with torch.inference_mode():
+        error, grad = model.inversion_objective(z, target)
+        _, found_error = model.find_latent(target, SearchBudget(refine_steps=3))
+    want_error, want_grad = autograd_objective(model)(z, target)
+    torch.testing.assert_close(error, want_error)
+    torch.testing.assert_close(grad, want_grad)
+    assert torch.isfinite(found_error).all()
+    call = EngineCall(model, "inversion_objective", "gan.inversion_objective", "auto")
+    with torch.inference_mode():
+        call(z, target)
+    assert call.state in ("eager", "torchscript")  # no ONNX graph of autograd
 
 
 @pytest.mark.parametrize("engine", ["auto", "torchscript"])
