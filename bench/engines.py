@@ -2,7 +2,9 @@
 calls for each engine (eager PyTorch, a TorchScript trace, ONNX Runtime), at batch 1 and 64,
 in-process, one thread (the service's default ``LATENTSERVE_TORCH_THREADS``). Each engine's
 call is built and checked exactly as the service does it (service/engines.py); a call an
-engine cannot take shows as "-" with the reason below the table. Writes
+engine cannot take shows as "-" with the reason below the table. A second table has the
+searches' declared objectives (a GAN inversion's error and gradient, written out by
+models/adjoint.py) beside autograd through the model's decode, which they replace. Writes
 ``bench/results/engines.md``.
 """
 
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from models import load_model
+from models.inversion import autograd_objective
 from models.operations import INPUTS
 from service.engines import EngineCall
 
@@ -33,19 +38,51 @@ def example(model, operation: str, n: int) -> torch.Tensor:
     return torch.rand(n, *model.image_shape, generator=g)
 
 
-def per_image_us(call: EngineCall, x: torch.Tensor, seconds: float) -> float:
-    """Best of 5 rounds of repeated calls, each round about seconds / 5."""
+def per_image_us(call: Callable[..., Any], x: torch.Tensor | tuple[torch.Tensor, ...],
+                 seconds: float) -> float:  # fmt: skip
+    """Best of 5 rounds of repeated calls on ``x`` (one input, or a tuple of several), each
+    round about seconds / 5."""
+    inputs = x if isinstance(x, tuple) else (x,)
     with torch.inference_mode():
-        call(x)  # compile (first call) and warm
-        call(x)
+        call(*inputs)  # compile (first call) and warm
+        call(*inputs)
         best = float("inf")
         for _ in range(5):
             n, started = 0, time.perf_counter()
             while (elapsed := time.perf_counter() - started) < seconds / 5 or n < 2:
-                call(x)
+                call(*inputs)
                 n += 1
             best = min(best, elapsed / n)
-    return best / len(x) * 1e6
+    return best / len(inputs[0]) * 1e6
+
+
+def objective_rows(model, name: str, seconds: float, notes: list[str]) -> list[str]:
+    """A row per declared search objective: autograd through decode, then each engine."""
+    rows = []
+    for operation, op in sorted(model.operations.items()):
+        if op.objective is None:
+            continue
+        cells = []
+        for batch in (1, 64):
+            g = torch.Generator().manual_seed(0)
+            inputs = (torch.randn(batch, model.latent_dim, generator=g),
+                      torch.rand(batch, *model.image_shape, generator=g))  # fmt: skip
+            cells.append(f"{per_image_us(autograd_objective(model), inputs, seconds):,.0f}")
+            for engine in ENGINES:
+                call = EngineCall(model, op.objective, f"{name}.{op.objective}", engine)
+                us = per_image_us(call, inputs, seconds)
+                ran = call.state if engine != "torch" else "eager"
+                if engine != "torch" and ran != engine:
+                    cells.append("-")
+                    if batch == 1:
+                        notes.append(
+                            f"{name}.{op.objective} {engine}: {call.failures.get(engine, ran)}"
+                        )
+                else:
+                    cells.append(f"{us:,.0f}")
+        rows.append(f"| {name} | {operation} ({op.objective}) | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted(p.parent for p in args.weights.glob("*/config.json"))
     if args.models:
         folders = [f for f in folders if f.name in args.models]
-    rows, notes = [], []
+    rows, objectives, notes = [], [], []
     for folder in folders:
         model = load_model(folder)
+        objectives += objective_rows(model, folder.name, args.seconds, notes)
         for operation, op in sorted(model.operations.items()):
             if not op.traceable:
                 continue
@@ -91,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         f"`python -m bench.engines` (best of 5 rounds of ~{args.seconds / 5:.2f} s each, "
         f"torch {torch.__version__}).\n\n" + header + "\n" + "\n".join(rows) + "\n"
     )
+    if objectives:
+        text += (
+            "\n## Search objectives: error and gradient per image (us), one thread\n\n"
+            "What a search evaluates at every step (models/adjoint.py), against autograd "
+            "through the model's decode.\n\n"
+            "| model | search | autograd b1 | eager b1 | trace b1 | ORT b1 | autograd b64 | "
+            "eager b64 | trace b64 | ORT b64 |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(objectives) + "\n"
+        )  # fmt: skip
     if notes:
         text += "\nNot run by an engine:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
