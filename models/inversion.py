@@ -229,7 +229,10 @@ def gauss_newton_preconditioner(
             jac = torch.func.vmap(torch.func.jacfwd(flat_image))(part)  # [n, C*H*W, K]
             total += torch.einsum("npk,npl->kl", jac, jac).double()
     hessian = 2 * total / len(codes)
-    hessian += ridge * float(torch.linalg.eigvalsh(hessian)[-1]) * torch.eye(k, dtype=torch.float64)
+    top = float(torch.linalg.eigvalsh(hessian)[-1])
+    if not top > 0:  # images that do not move with the code: nothing to precondition
+        return torch.eye(k, dtype=codes.dtype)
+    hessian += ridge * top * torch.eye(k, dtype=torch.float64)
     return torch.linalg.cholesky(torch.linalg.inv(hessian)).to(codes.dtype)
 
 

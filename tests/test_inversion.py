@@ -168,6 +168,9 @@ def test_the_gauss_newton_preconditioner_makes_a_linear_generators_error_round()
     assert float((plain - truth).norm(dim=1).min()) > 0.1
     with pytest.raises(ValueError, match="codes of shape"):
         gauss_newton_preconditioner(gen, torch.randn(6, 2))
+    gen.a.zero_()  # images that do not depend on the code: no preconditioning, no error
+    flat = gauss_newton_preconditioner(gen, torch.randn(6, gen.latent_dim))
+    torch.testing.assert_close(flat, torch.eye(gen.latent_dim))
 
 
 def test_refinement_runs_in_the_preconditioned_code_which_is_saved_with_the_inverter(
