@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64, description="uvicorn worker processes (each loads every model)"
     )
+    worker_start: Literal["fork", "spawn"] = Field(
+        "fork", description="how several workers start: 'fork' from a supervisor that has "
+        "imported torch, ONNX Runtime and the service (shared copy-on-write), or 'spawn' "
+        "(uvicorn's own: fresh interpreters, each importing everything)",
+    )  # fmt: skip
     reload_signal_file: Path | None = Field(
         None,
         description="file the workers share so that an admin reload reaches all of them "

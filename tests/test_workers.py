@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bench.__main__ import descendants
 
@@ -61,6 +62,10 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path: P
         wait_ready(f"{base}/health/ready")
         until(lambda: len(workers(proc.pid)) == 2, "two workers")
         before = workers(proc.pid)
+        # forked from the supervisor after its imports (service/__main__.py), not spawned:
+        # a fork keeps the supervisor's command line, a spawned worker has multiprocessing's
+        supervisor = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert {Path(f"/proc/{pid}/cmdline").read_bytes() for pid in before} == {supervisor}
         threads = [threading.Thread(target=load) for _ in range(4)]
         for t in threads:
             t.start()
@@ -82,6 +87,9 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path: P
         # only the connections open on the dead worker broke: at most one per load thread
         assert len(dropped) <= 4, dropped
         assert proc.poll() is None  # the supervisor itself never went down
+        # the replacement is a fork too
+        (new,) = workers(proc.pid) - before
+        assert Path(f"/proc/{new}/cmdline").read_bytes() == supervisor
     finally:
         stop.set()
         proc.send_signal(signal.SIGTERM)
@@ -89,3 +97,26 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path: P
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_forking_workers_refuses_an_unknown_uvicorn_and_sets_the_fork_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import multiprocessing
+
+    import uvicorn._subprocess
+
+    from service.__main__ import fork_workers_after_imports
+
+    monkeypatch.delattr(uvicorn._subprocess, "spawn")
+    with pytest.raises(RuntimeError, match="LATENTSERVE_WORKER_START=spawn"):
+        fork_workers_after_imports()
+    monkeypatch.setattr(uvicorn._subprocess, "spawn", multiprocessing.get_context("spawn"),
+                        raising=False)  # fmt: skip
+    try:
+        fork_workers_after_imports()
+        assert uvicorn._subprocess.spawn.get_start_method() == "fork"  # type: ignore[attr-defined]
+    finally:
+        import gc
+
+        gc.unfreeze()
