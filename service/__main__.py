@@ -60,14 +60,16 @@ def main() -> int:
 
 
 def fork_workers_after_imports() -> None:
-    """Import torch, ONNX Runtime and the service here, in the supervisor, and have uvicorn
-    fork the workers from it instead of spawning fresh interpreters: the imports (about 230
-    MB of a process's memory) are then shared copy-on-write. ``gc.freeze`` moves what was
-    imported out of the collector's sight, whose passes would otherwise write to (and so
-    copy) every page of it in each worker. Nothing here runs a model; the one thread the
-    imports start is OpenBLAS's (numpy), which re-creates its pool in a forked child. ONNX
-    Runtime, whose import starts a thread of its own, is left to the workers. Measured (``bench.first_requests.one_server(True, 2)``, every shipped
-    model, after one request of each operation): 1,187 MB PSS spawned, 1,092 forked.
+    """Import torch, the service and the ONNX exporter's modules here, in the supervisor, and
+    have uvicorn fork the workers from it instead of spawning fresh interpreters: the imports
+    (about 280 MB of a process's memory) are then shared copy-on-write. ``gc.freeze`` moves
+    what was imported out of the collector's sight, whose passes would otherwise write to
+    (and so copy) every page of it in each worker. Nothing here runs a model; the one thread
+    the imports start is OpenBLAS's (numpy), which re-creates its pool in a forked child.
+    ONNX Runtime, whose import starts a thread of its own, is left to the workers. Measured
+    (``bench.first_requests.one_server(True, 2)``, every shipped model, after one request of
+    each operation): 1,187 MB PSS spawned; forked after importing the service 1,092, after
+    the exporter's modules too 1,019.
 
     uvicorn has no setting for this: its supervisor starts workers through
     ``uvicorn._subprocess.spawn``, a multiprocessing context, replaced here by the fork one
@@ -76,6 +78,11 @@ def fork_workers_after_imports() -> None:
     import gc
     import multiprocessing
 
+    # what a worker's first ONNX export imports (sympy comes with torch.distributed.tensor):
+    # about 50 MB a worker
+    import onnx  # noqa: F401
+    import torch.distributed.tensor
+    import torch.onnx  # noqa: F401
     import uvicorn._subprocess
 
     from . import app  # noqa: F401  # torch, the models and the service
