@@ -256,7 +256,9 @@ class GAN(LatentModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z [B, K], target [B, C, H, W] in [0, 1]) -> (||decode(z) - target||^2 per image
         [B], its gradient in z [B, K]): what inversion evaluates at every step, written out
-        (adjoint.py) so that the service's engines compile it; the model must be in eval mode."""
+        (adjoint.py) so that the service's engines compile it. A generator with a layer that
+        adjoint.py has no product for (or batch norm in training mode) gets autograd's, which
+        no engine compiles: its calls stay eager."""
         check_code_shape(self, z)
         check_images(self, target)
         if len(z) != len(target):

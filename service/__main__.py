@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -78,14 +80,15 @@ def fork_workers_after_imports() -> None:
     import gc
     import multiprocessing
 
-    # what a worker's first ONNX export imports (sympy comes with torch.distributed.tensor):
-    # about 50 MB a worker
-    import onnx  # noqa: F401
-    import torch.distributed.tensor
-    import torch.onnx  # noqa: F401
     import uvicorn._subprocess
 
     from . import app  # noqa: F401  # torch, the models and the service
+
+    # what a worker's first ONNX export imports, about 50 MB (sympy comes with the last one;
+    # a torch built without distributed support has none)
+    for module in ("onnx", "torch.onnx", "torch.distributed.tensor"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
     if not isinstance(
         getattr(uvicorn._subprocess, "spawn", None), multiprocessing.context.BaseContext

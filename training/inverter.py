@@ -39,8 +39,8 @@ def add_fit_inverter_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=positive_int, default=32, help="the inverter's first conv width")
     p.add_argument(
         "--epochs", type=non_negative_int, default=8,
-        help="passes over the training images; 0: keep the model's trained inverter and fit "
-        "only the refinement's preconditioner",
+        help="passes over the training images; 0: keep the model's trained inverter as it is "
+        "(whatever --width says) and fit only the refinement's preconditioner",
     )  # fmt: skip
     p.add_argument(
         "--preconditioner-images", type=positive_int, default=300,
