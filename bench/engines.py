@@ -56,6 +56,25 @@ def per_image_us(call: Callable[..., Any], x: torch.Tensor | tuple[torch.Tensor,
     return best / len(inputs[0]) * 1e6
 
 
+def engine_cells(
+    model, method: str, label: str, x: torch.Tensor | tuple[torch.Tensor, ...], seconds: float,
+    notes: list[str],
+) -> list[str]:  # fmt: skip
+    """Microseconds per image of ``model.<method>`` on ``x`` for each engine, or "-" where an
+    engine could not take the call (and why, appended to ``notes``)."""
+    cells = []
+    for engine in ENGINES:
+        call = EngineCall(model, method, label, engine)
+        us = per_image_us(call, x, seconds)
+        ran = call.state if engine != "torch" else "eager"
+        if engine != "torch" and ran != engine:
+            cells.append("-")
+            notes.append(f"{label} {engine}: {call.failures.get(engine, ran)}")
+        else:
+            cells.append(f"{us:,.0f}")
+    return cells
+
+
 def objective_rows(model, name: str, seconds: float, notes: list[str]) -> list[str]:
     """A row per declared search objective: autograd through decode, then each engine."""
     rows = []
@@ -68,18 +87,8 @@ def objective_rows(model, name: str, seconds: float, notes: list[str]) -> list[s
             inputs = (torch.randn(batch, model.latent_dim, generator=g),
                       torch.rand(batch, *model.image_shape, generator=g))  # fmt: skip
             cells.append(f"{per_image_us(autograd_objective(model), inputs, seconds):,.0f}")
-            for engine in ENGINES:
-                call = EngineCall(model, op.objective, f"{name}.{op.objective}", engine)
-                us = per_image_us(call, inputs, seconds)
-                ran = call.state if engine != "torch" else "eager"
-                if engine != "torch" and ran != engine:
-                    cells.append("-")
-                    if batch == 1:
-                        notes.append(
-                            f"{name}.{op.objective} {engine}: {call.failures.get(engine, ran)}"
-                        )
-                else:
-                    cells.append(f"{us:,.0f}")
+            cells += engine_cells(model, op.objective, f"{name}.{op.objective}", inputs, seconds,
+                                  notes if batch == 1 else [])  # fmt: skip
         rows.append(f"| {name} | {operation} ({op.objective}) | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
     return rows
@@ -106,18 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             cells = []
             for batch in (1, 64):
                 x = example(model, operation, batch)
-                for engine in ENGINES:
-                    call = EngineCall(model, op.method, f"{folder.name}.{op.method}", engine)
-                    us = per_image_us(call, x, args.seconds)
-                    ran = call.state if engine != "torch" else "eager"
-                    if engine != "torch" and ran != engine:
-                        cells.append("-")
-                        if batch == 1:
-                            notes.append(
-                                f"{folder.name}.{op.method} {engine}: {call.failures.get(engine, ran)}"
-                            )
-                    else:
-                        cells.append(f"{us:,.0f}")
+                cells += engine_cells(model, op.method, f"{folder.name}.{op.method}", x,
+                                      args.seconds, notes if batch == 1 else [])  # fmt: skip
             rows.append(
                 f"| {folder.name} | {operation} ({op.method}) | " + " | ".join(cells) + " |"
             )
