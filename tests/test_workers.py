@@ -120,3 +120,30 @@ def test_forking_workers_refuses_an_unknown_uvicorn_and_sets_the_fork_context(
         import gc
 
         gc.unfreeze()
+
+
+def test_spawned_workers_still_serve_when_asked_for(tmp_path: Path) -> None:
+    """LATENTSERVE_WORKER_START=spawn: uvicorn's own fresh interpreters, which serve alike."""
+    write_tiny(tmp_path / "ae-t", "ae")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
+           "LATENTSERVE_WEIGHTS_DIR": str(tmp_path), "LATENTSERVE_WORKERS": "2",
+           "LATENTSERVE_WORKER_START": "spawn"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/health/ready")
+        until(lambda: len(workers(proc.pid)) == 2, "two workers")
+        for pid in workers(proc.pid):
+            assert b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        r = httpx.post(f"{base}/v1/models/ae-t/reconstruct", content=png(),
+                       headers={"content-type": "image/png"}, timeout=30)  # fmt: skip
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(60) == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
