@@ -211,13 +211,14 @@ def test_every_shipped_search_objective_runs_on_onnx_runtime_within_tolerance() 
 
 
 def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+    from service.memory import resident_bytes
+
+    resident = resident_bytes()
+    assert resident is not None, "no /proc/self/statm"
+    return resident / 2**20
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc")
 def test_return_freed_memory_hands_freed_blocks_back() -> None:
     """What compiling leaves: many small freed blocks below a live one, which free() alone
     keeps; return_freed_memory hands their pages back (service/memory.py)."""
