@@ -42,7 +42,15 @@ def providers_for(device: str) -> list[str]:
 def session_for(graph: bytes, threads: int, providers: Sequence[str]) -> object:
     import onnxruntime as ort
 
-    return ort.InferenceSession(graph, session_options(threads), providers=list(providers))
+    session = ort.InferenceSession(graph, session_options(threads), providers=list(providers))
+    # ONNX Runtime's Python wrapper keeps the graph's bytes (weights included: as much memory
+    # again as the session's own copy; 63 MB for the shipped models' calls) to re-create the
+    # session on another provider after a failed run; the engine has checked the session
+    # already, so no fallback, and the bytes go
+    session.disable_fallback()
+    if hasattr(session, "_model_bytes"):
+        session._model_bytes = None
+    return session
 
 
 class OnnxCall:
