@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = BatchEngine(
         settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
         settings.torch_threads, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop,
+        trim_after_idle_s=1.0,
     )  # fmt: skip
     # the expensive lane (inference.py): its own queue and thread, at a lower priority
     expensive = BatchEngine(

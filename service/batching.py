@@ -39,6 +39,7 @@ from .memory import resident_bytes, return_freed_memory
 
 log = logging.getLogger("latentserve.batching")
 TRIM_GROWTH_BYTES = 32 << 20  # growth since the last trim that makes an idle lane trim
+GROWTH_CHECK_EVERY_S = 0.1  # a busy lane reads its size (10 us) at most this often
 Output = torch.Tensor | tuple[torch.Tensor, ...]
 BatchFn = Callable[[torch.Tensor], Output]  # hashable, and equal only to calls that do the same
 
@@ -137,13 +138,14 @@ class BatchEngine:
         self.pause_s = pause_s
         self.slice_rows = slice_rows
         # hand the heap's free pages back (memory.py) once the lane has been idle this long
-        # after batches that grew the process by TRIM_GROWTH_BYTES: the expensive lane's large
-        # calls (generate n=64, sampling) leave freed heap behind. Not after every batch: a
+        # after batches that grew the process by TRIM_GROWTH_BYTES: large calls (generate
+        # n=64, sampling, batches of 64) leave freed heap behind. Not after every batch: a
         # trim costs the next call its page faults (measured: +4 ms on a 50 ms GAN
         # inversion), so a busy lane never trims and calls that grow nothing do not either.
         self.trim_after_idle_s = trim_after_idle_s
         self._heap_dirty = False  # the process grew since the last trim
         self._resident_after_trim = resident_bytes() or 0
+        self._growth_checked = 0.0  # when a busy lane last read its size
         self.paused_s = 0.0  # total time given way, for /metrics and the benchmarks
         self._paused_lock = threading.Lock()  # the lane's thread and the reply encoder's add
         self._pending: collections.deque[_Item] = collections.deque()
@@ -301,7 +303,12 @@ class BatchEngine:
                     live,
                     [late if it.expired(now) else r for it, r in zip(live, results, strict=True)],
                 )
-                if self.trim_after_idle_s is not None and not self._heap_dirty:
+                if (
+                    self.trim_after_idle_s is not None
+                    and not self._heap_dirty
+                    and now - self._growth_checked > GROWTH_CHECK_EVERY_S
+                ):
+                    self._growth_checked = now
                     resident = resident_bytes()
                     self._heap_dirty = (
                         resident is not None
