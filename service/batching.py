@@ -39,7 +39,7 @@ from .memory import resident_bytes, return_freed_memory
 
 log = logging.getLogger("latentserve.batching")
 TRIM_GROWTH_BYTES = 32 << 20  # growth since the last trim that makes an idle lane trim
-GROWTH_CHECK_EVERY_S = 0.1  # a busy lane reads its size (10 us) at most this often
+GROWTH_CHECK_EVERY_S = 0.1  # a lane with work queued reads its size (10 us) at most this often
 Output = torch.Tensor | tuple[torch.Tensor, ...]
 BatchFn = Callable[[torch.Tensor], Output]  # hashable, and equal only to calls that do the same
 
@@ -306,7 +306,8 @@ class BatchEngine:
                 if (
                     self.trim_after_idle_s is not None
                     and not self._heap_dirty
-                    and now - self._growth_checked > GROWTH_CHECK_EVERY_S
+                    # under load at most every GROWTH_CHECK_EVERY_S; always before idling
+                    and (now - self._growth_checked > GROWTH_CHECK_EVERY_S or not self._pending)
                 ):
                     self._growth_checked = now
                     resident = resident_bytes()
