@@ -22,6 +22,7 @@ from .inference import Operations
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .onnx_engine import providers_for
+from .preloading import preloaded_for
 from .registry import ModelRegistry
 from .reloading import ReloadSignal, follow, load_models
 from .routes import admin, atlas, health, models, v2
@@ -46,7 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protocol.configure(settings.client_timeout_s, settings.max_connections_per_client,
                        settings.forwarded_allow_ips)  # fmt: skip
     metrics = Metrics()
-    registry = ModelRegistry(settings.weights_dir, settings.models, settings.torch_threads)
+    # a worker forked from a supervisor that preloaded starts from its models and calls
+    preloaded = preloaded_for(settings)
+    registry = ModelRegistry(settings.weights_dir, settings.models, settings.torch_threads,
+                             preloaded.models if preloaded else None)  # fmt: skip
     engine = BatchEngine(
         settings.max_batch_size, settings.max_wait_ms / 1000, settings.max_queue,
         settings.torch_threads, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop,
@@ -61,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trim_after_idle_s=1.0,
     )  # fmt: skip
     signal = ReloadSignal(settings.reload_signal_file) if settings.reload_signal_file else None
-    operations = Operations(engine, settings, expensive)
+    operations = Operations(engine, settings, expensive, preloaded.compiled if preloaded else None)
     state = AppState(settings, registry, engine, operations, metrics, signal)
 
     @contextlib.asynccontextmanager

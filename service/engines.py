@@ -110,7 +110,8 @@ class EngineCall:
 
     def _build(self, engine: str, example: tuple[torch.Tensor, ...]) -> Callable[..., Any]:
         if engine == "onnxruntime":
-            return onnx_call(self.model, self.method, example, self.threads, self.device)
+            key = f"{self.label} {_shapes(example)}"  # a graph exported ahead has this key
+            return onnx_call(self.model, self.method, example, self.threads, self.device, key)
         traced: Callable[..., Any] = trace_call(self.model, self.method, example)
         return traced
 

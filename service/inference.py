@@ -164,8 +164,10 @@ class Operations:
     inversion then no longer stands in the queue in front of a millisecond reconstruct."""
 
     def __init__(
-        self, engine: BatchEngine, settings: Settings, expensive: BatchEngine | None = None
-    ) -> None:
+        self, engine: BatchEngine, settings: Settings, expensive: BatchEngine | None = None,
+        compiled: dict[LoadedModel, dict[str, EngineCall]] | None = None,
+    ) -> None:  # fmt: skip
+        """``compiled``: calls compiled already, by model and method (preloading.py)."""
         self.engine = engine
         self.expensive = expensive or engine
         self.settings = settings
@@ -189,7 +191,7 @@ class Operations:
             weakref.WeakKeyDictionary()
         )  # fmt: skip
         self._traces: weakref.WeakKeyDictionary[LoadedModel, dict[str, EngineCall]] = (
-            weakref.WeakKeyDictionary()
+            weakref.WeakKeyDictionary({lm: dict(calls) for lm, calls in (compiled or {}).items()})
         )
 
     def compiled(self, lm: LoadedModel, method: str) -> EngineCall:
@@ -320,6 +322,22 @@ class Operations:
                 if self.compiled(lm, method).state not in ("pending", "eager"):
                     compiled.add((lm.name, method))
         return len(compiled)
+
+    def compile_here(self, models: Iterable[LoadedModel]) -> None:
+        """What ``warm_up`` compiles, compiled on this thread, without the lanes (which need
+        not have started): the supervisor's preloading (preloading.py)."""
+        g = torch.Generator().manual_seed(0)
+        for lm in models:
+            for call, x, method in self._warm_up_calls(lm, g):
+                try:
+                    with torch.inference_mode():
+                        call(x)
+                except Exception as exc:  # as in warm_up: the model's requests will say it
+                    log.warning("compiling %s.%s failed: %s", lm.name, method, exc)
+
+    def compiled_calls(self) -> dict[LoadedModel, dict[str, EngineCall]]:
+        """Every model's compiled calls so far, by method (for ``compiled=``)."""
+        return {lm: dict(calls) for lm, calls in self._traces.items()}
 
     def _warm_up_calls(
         self, lm: LoadedModel, g: torch.Generator

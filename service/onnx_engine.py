@@ -6,8 +6,10 @@ Why: on the 2-vCPU reference host, a small conv autoencoder at batch 1 took 0.98
 without the GIL, as a trace does.
 
 The graph is made at load time from the model in memory (models/onnx_model.py
-``export_graph``: the TorchScript-based exporter, dynamic batch axis), never written to disk and
-never read from anywhere else; the session has the options of every session latentserve opens
+``export_graph``: the TorchScript-based exporter, dynamic batch axis), never written to disk;
+a supervisor that preloads for its workers has a child process export the graphs and hand
+them over (``exported_elsewhere``: preloading.py), so that the exporter's modules and garbage
+stay out of the memory the workers share. The session has the options of every session latentserve opens
 (``session_options``: ``LATENTSERVE_TORCH_THREADS`` intra-op threads, the same budget as
 torch's; one inter-op thread; no spinning; no memory arena). ``engines.py`` uses it only after
 its outputs matched the eager call.
@@ -15,8 +17,9 @@ its outputs matched the eager call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,9 +74,45 @@ class OnnxCall:
         return tensors[0] if self.n_outputs == 1 else tensors
 
 
+#: graphs exported by another process, by call key, each taken by the first onnx_call for it
+_handed_over: dict[str, bytes] = {}
+#: while ``recording_exports`` runs: every graph exported meanwhile, by call key
+_recorded: dict[str, bytes] | None = None
+
+
 def onnx_call(
     model: torch.nn.Module, method: str, example: tuple[torch.Tensor, ...], threads: int,
-    device: str,
+    device: str, key: str | None = None,
 ) -> Callable[..., Output]:  # fmt: skip
-    graph, n_out = export_graph(MethodCall(model, method), example)
-    return OnnxCall(session_for(graph, threads, providers_for(device)), n_out)
+    """``model.<method>`` exported on ``example`` and run by ONNX Runtime. ``key`` names the
+    call and its input shapes: a graph handed over under it is used instead of exporting."""
+    graph = _handed_over.pop(key, None) if key else None
+    if graph is None:
+        graph, _ = export_graph(MethodCall(model, method), example)
+        if _recorded is not None and key:
+            _recorded[key] = graph
+    session = session_for(graph, threads, providers_for(device))
+    return OnnxCall(session, len(session.get_outputs()))  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def recording_exports() -> Iterator[dict[str, bytes]]:
+    """Collects every graph that ``onnx_call`` exports meanwhile, by key."""
+    global _recorded
+    recorded: dict[str, bytes] = {}
+    _recorded = recorded
+    try:
+        yield recorded
+    finally:
+        _recorded = None
+
+
+@contextlib.contextmanager
+def exported_elsewhere(graphs: dict[str, bytes]) -> Iterator[None]:
+    """``onnx_call`` takes these graphs (by key) instead of exporting, meanwhile; any left
+    over are dropped after."""
+    _handed_over.update(graphs)
+    try:
+        yield
+    finally:
+        _handed_over.clear()

@@ -189,11 +189,16 @@ def _mtime(folder: Path) -> float:
 
 
 class ModelRegistry:
-    def __init__(self, weights_dir: Path, names: list[str], threads: int = 1) -> None:
+    def __init__(
+        self, weights_dir: Path, names: list[str], threads: int = 1,
+        preloaded: dict[str, LoadedModel] | None = None,
+    ) -> None:  # fmt: skip
+        """``preloaded``: models loaded already (preloading.py); each is kept by the first
+        load while its files are unchanged, as a reload keeps an unchanged model."""
         self.weights_dir = weights_dir
         self.threads = threads  # ONNX Runtime sessions of users' ONNX models
         self.configured = list(names)
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[str, LoadedModel] = dict(preloaded or {})
         self._failed: dict[str, str] = {}
         self._pending: set[str] = set(names)
         self.plugins_failed: dict[str, str] = {}  # family plugin -> why it did not load

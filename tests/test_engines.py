@@ -16,6 +16,7 @@ from models import FAMILIES, load_model
 from models.operations import INPUTS
 from service.config import Settings
 from service.engines import TOLERANCE, EngineCall
+from service.tracing import assert_same
 
 from .conftest import start
 from .factories import tiny_model
@@ -89,6 +90,23 @@ def test_the_engine_setting_and_other_shapes(engine: str, state: str) -> None:
         assert call.state == state
         with pytest.raises(ValueError, match=r"expected images of shape \[B, 1, 28, 28\]"):
             call(torch.rand(2, 1, 32, 32))  # the model's own check, not the engine's error
+
+
+def test_the_comparison_that_admits_an_engine() -> None:
+    """assert_same: equal within rtol and atol, NaN where both are, same shapes and dtypes;
+    it says how many values missed and by how much."""
+    e = torch.tensor([[1.0, -2.0, float("nan")], [1000.0, 0.0, 3.0]])
+    assert_same((e * (1 + 5e-6) + 5e-6, e[:1]), (e, e[:1]), 1e-5)  # within tolerance
+    with pytest.raises(AssertionError, match=r"output 0: 1 of 6 values differ by more than the tolerance 1e-05 \(largest difference 0.001\)"):  # fmt: skip
+        assert_same(e + torch.tensor([[0.0, 0.0, 0.0], [0.0, 1e-3, 0.0]]), e, 1e-5)
+    with pytest.raises(AssertionError, match="output 0: 1 of 6 values differ"):
+        assert_same(e.nan_to_num(0.0), e, 1e-5)  # a number where eager gives NaN
+    with pytest.raises(AssertionError, match=r"output 1: torch.float32 \[2, 3\] compiled, torch.float32 \[1, 3\] eager"):  # fmt: skip
+        assert_same((e, e), (e, e[:1]), 1e-5)
+    with pytest.raises(AssertionError, match="2 outputs compiled, 1 eager"):
+        assert_same((e, e), e, 1e-5)
+    with pytest.raises(AssertionError, match=r"torch\.float64 \[2, 3\] compiled"):
+        assert_same(e.double(), e, 1e-5)
 
 
 def test_onnx_that_fails_falls_back_to_a_trace(monkeypatch: pytest.MonkeyPatch) -> None:

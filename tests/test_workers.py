@@ -100,21 +100,25 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path: P
 
 
 def test_forking_workers_refuses_an_unknown_uvicorn_and_sets_the_fork_context(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import multiprocessing
 
     import uvicorn._subprocess
 
+    from service import preloading
     from service.__main__ import fork_workers_after_imports
+    from service.config import Settings
 
+    monkeypatch.setattr(preloading, "_preloaded", None)
+    settings = Settings(weights_dir=tmp_path)  # nothing to preload
     monkeypatch.delattr(uvicorn._subprocess, "spawn")
     with pytest.raises(RuntimeError, match="LATENTSERVE_WORKER_START=spawn"):
-        fork_workers_after_imports()
+        fork_workers_after_imports(settings)
     monkeypatch.setattr(uvicorn._subprocess, "spawn", multiprocessing.get_context("spawn"),
                         raising=False)  # fmt: skip
     try:
-        fork_workers_after_imports()
+        fork_workers_after_imports(settings)
         assert uvicorn._subprocess.spawn.get_start_method() == "fork"  # type: ignore[attr-defined]
     finally:
         import gc

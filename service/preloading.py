@@ -1,0 +1,158 @@
+"""Load (and compile) the models once, in the supervisor, before it forks the workers.
+
+With several workers forked from one supervisor (``LATENTSERVE_WORKER_START=fork``, the
+default), ``python -m service`` calls ``preload`` before uvicorn forks: the supervisor loads
+every model and, with ``LATENTSERVE_TRACE_AT_START``, compiles every call the workers' warm-up
+would compile (ONNX Runtime sessions, traces), on its one thread. Each worker then starts
+from those objects instead of making its own: pages nobody writes to stay shared
+copy-on-write, so the weights, the sessions and what the exporter left behind are in memory
+once, not once per worker. A worker's registry keeps a preloaded model while its files are
+unchanged (registry.py compares modification times, as a reload does), and its operations
+start from the preloaded compiled calls (inference.py); a model whose files changed since,
+or a reload, loads and compiles in the worker as before. A worker the supervisor starts
+again after a crash is forked from the same preloaded state.
+
+Measured (``bench.first_requests``, every shipped model, two workers): see the README's
+memory section and bench/results/first_requests.md.
+
+Only with one thread per worker (``LATENTSERVE_TORCH_THREADS=1``, the default): a thread pool
+made before a fork (ONNX Runtime's intra-op pool, OpenMP's) does not exist in the child, and
+its first call there would wait for ever. With more threads nothing is preloaded. ONNX
+Runtime's import also starts a thread, which a forked child that leaves through the normal
+interpreter exit waits for ever on; multiprocessing's forked processes (uvicorn's workers)
+leave through ``os._exit``, which does not (tests/test_workers.py stops them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import os
+import time
+
+import torch
+
+from .batching import BatchEngine
+from .config import Settings
+from .engines import EngineCall
+from .inference import Operations
+from .memory import return_freed_memory
+from .onnx_engine import exported_elsewhere, recording_exports
+from .registry import LoadedModel, ModelRegistry
+
+log = logging.getLogger("latentserve.preloading")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preloaded:
+    """What the supervisor made for settings with this ``fingerprint``."""
+
+    fingerprint: tuple[object, ...]
+    models: dict[str, LoadedModel]
+    compiled: dict[LoadedModel, dict[str, EngineCall]]
+
+
+_preloaded: Preloaded | None = None
+
+
+def fingerprint(settings: Settings) -> tuple[object, ...]:
+    """The settings that decide what is loaded and how it is compiled."""
+    s = settings
+    return (s.weights_dir.resolve(), tuple(s.models), s.engine, s.device, s.torch_threads,
+            s.trace_at_start)  # fmt: skip
+
+
+def preload(settings: Settings) -> Preloaded | None:
+    """Load every model (and compile its calls with ``trace_at_start``) in this process, for
+    the workers it will fork; None where nothing can be shared (more than one thread)."""
+    global _preloaded
+    if settings.torch_threads != 1:
+        log.info("not preloading: thread pools made before a fork are missing in the workers "
+                 "(LATENTSERVE_TORCH_THREADS=%d)", settings.torch_threads)  # fmt: skip
+        return None
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    registry = ModelRegistry(settings.weights_dir, settings.models, settings.torch_threads)
+    registry.load_all()
+    compiled: dict[LoadedModel, dict[str, EngineCall]] = {}
+    if compiles_ahead(settings):
+        models = list(registry.models.values())
+        try:
+            graphs = exported_in_child(settings, models)
+        except (OSError, RuntimeError, ValueError) as exc:  # then exported here
+            log.warning("exporting in a child process failed (%s); exporting here", exc)
+            graphs = {}
+        with exported_elsewhere(graphs):
+            compiled = compile_calls(settings, models)
+    _preloaded = Preloaded(fingerprint(settings), dict(registry.models), compiled)
+    gc.collect()
+    return_freed_memory()  # the handed-over graphs and the loading's garbage (memory.py)
+    log.info("preloaded %d models and %d compiled calls for the workers in %.1f s",
+             len(registry.models), sum(map(len, compiled.values())),
+             time.perf_counter() - started)  # fmt: skip
+    return _preloaded
+
+
+def compiles_ahead(settings: Settings) -> bool:
+    """Whether preloading compiles the calls too (else each worker does, on first use)."""
+    return settings.torch_threads == 1 and settings.trace_at_start and settings.engine != "torch"
+
+
+def compile_calls(
+    settings: Settings, models: list[LoadedModel]
+) -> dict[LoadedModel, dict[str, EngineCall]]:
+    """What the workers' warm-up compiles, compiled on this thread."""
+    lane = BatchEngine(1, 0.0, 1, 1)  # never started: the calls run on this thread
+    operations = Operations(lane, settings)
+    operations.compile_here(models)
+    return operations.compiled_calls()
+
+
+def exported_in_child(settings: Settings, models: list[LoadedModel]) -> dict[str, bytes]:
+    """The ONNX graphs of ``compile_calls``, exported by a forked child process, by call key.
+
+    The exporter imports about 53 MB of modules (onnx, torch.onnx, sympy) and leaves ~22 MB
+    of garbage in the heap; in the supervisor, all of it would be part of every worker's
+    memory. The child compiles as the supervisor will (one more ~5 s pass: ready comes
+    later by that much), hands the graphs over through a pipe (an 8-byte header length, a
+    JSON list of [key, size], the graphs' bytes) and leaves through ``os._exit``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.close(read_end)
+            logging.disable(logging.WARNING)  # the supervisor's own pass says what failed
+            with recording_exports() as graphs:
+                compile_calls(settings, models)
+            header = json.dumps([[key, len(graph)] for key, graph in graphs.items()]).encode()
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(len(header).to_bytes(8, "big") + header)
+                for graph in graphs.values():
+                    pipe.write(graph)
+            code = 0
+        finally:
+            os._exit(code)  # not the interpreter's exit (the module's docstring says why)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"the exporting child exited with {os.waitstatus_to_exitcode(status)}")
+    size = int.from_bytes(data[:8], "big")
+    graphs, offset = {}, 8 + size
+    for key, length in json.loads(data[8 : 8 + size]):
+        graphs[key] = data[offset : offset + length]
+        offset += length
+    if offset != len(data):
+        raise ValueError(f"the exporting child sent {len(data)} bytes, its header said {offset}")
+    return graphs
+
+
+def preloaded_for(settings: Settings) -> Preloaded | None:
+    """What this process's supervisor preloaded, if it was for these settings."""
+    if _preloaded is None or _preloaded.fingerprint != fingerprint(settings):
+        return None
+    return _preloaded

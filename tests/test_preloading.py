@@ -1,0 +1,126 @@
+"""Models (and their compiled calls) loaded once by the supervisor serve in the workers it
+forks: the same objects, kept while their files are unchanged, reloaded where they changed;
+nothing is preloaded where it could not be shared or for other settings; and a server with
+two workers forked from a preloading supervisor serves and stops."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service import preloading
+from service.config import Settings
+
+from .conftest import png, start, until
+from .factories import write_tiny
+from .test_deploy import ROOT, free_port, wait_ready
+from .test_workers import workers
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[TestClient]:
+    """An app made in this process, as a forked worker makes its own, running its lifespan."""
+    client = start(settings)
+    until(lambda: client.get("/health/ready").status_code == 200, "ready")
+    try:
+        yield client
+    finally:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(preloading, "_preloaded", None)  # this test's preloading only
+    write_tiny(tmp_path / "ae-t", "ae")
+    write_tiny(tmp_path / "gan-t", "gan")
+    return tmp_path
+
+
+def test_a_worker_serves_the_preloaded_models_and_compiled_calls(weights: Path) -> None:
+    settings = Settings(weights_dir=weights, trace_at_start=True)
+    made = preloading.preload(settings)
+    assert made is not None and set(made.models) == {"ae-t", "gan-t"}
+    ae, gan = made.models["ae-t"], made.models["gan-t"]
+    compiled = {lm.name: {m: c.state for m, c in calls.items()} for lm, calls in made.compiled.items()}  # fmt: skip
+    # every call warm-up compiles, the GAN's inversion objective included, by ONNX Runtime
+    assert compiled == {
+        "ae-t": {"encode": "onnxruntime", "decode": "onnxruntime", "reconstruct": "onnxruntime"},
+        "gan-t": {"decode": "onnxruntime", "inversion_objective": "onnxruntime"},
+    }
+    with serving(settings) as client:  # what a forked worker does with the same settings
+        state = client.app.state.latentserve  # type: ignore[attr-defined]
+        assert state.registry.models["ae-t"] is ae and state.registry.models["gan-t"] is gan
+        assert state.operations.compiled(ae, "reconstruct") is made.compiled[ae]["reconstruct"]
+        r = client.post("/v1/models/ae-t/reconstruct", content=png(),
+                        headers={"content-type": "image/png"})  # fmt: skip
+        assert r.status_code == 200
+        r = client.post("/v1/models/gan-t/encode", content=png(),
+                        headers={"content-type": "image/png"})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+
+def test_a_model_whose_files_changed_since_preloading_loads_again(weights: Path) -> None:
+    settings = Settings(weights_dir=weights)
+    made = preloading.preload(settings)
+    assert made is not None and made.compiled == {}  # no compiling without TRACE_AT_START
+    config = weights / "ae-t" / "config.json"
+    os.utime(config, (config.stat().st_atime, config.stat().st_mtime + 10))
+    with serving(settings) as client:
+        models = client.app.state.latentserve.registry.models  # type: ignore[attr-defined]
+        assert models["gan-t"] is made.models["gan-t"]
+        assert models["ae-t"] is not made.models["ae-t"]  # its files are newer
+
+
+def test_nothing_is_preloaded_with_several_threads_or_used_for_other_settings(
+    weights: Path,
+) -> None:
+    assert preloading.preload(Settings(weights_dir=weights, torch_threads=2)) is None
+    assert preloading.preloaded_for(Settings(weights_dir=weights, torch_threads=2)) is None
+    made = preloading.preload(Settings(weights_dir=weights))
+    assert preloading.preloaded_for(Settings(weights_dir=weights)) is made
+    for other in ({"engine": "torch"}, {"models": ["ae-t"]}, {"trace_at_start": True}):
+        assert preloading.preloaded_for(Settings(weights_dir=weights, **other)) is None  # type: ignore[arg-type]
+    with serving(Settings(weights_dir=weights, models=["ae-t"])) as client:
+        models = client.app.state.latentserve.registry.models  # type: ignore[attr-defined]
+        assert set(models) == {"ae-t"} and models["ae-t"] is not made.models["ae-t"]
+
+
+def test_two_workers_forked_from_a_preloading_supervisor_serve_and_stop(weights: Path) -> None:
+    """ONNX Runtime is imported (its import starts a thread) and its sessions made before the
+    fork; the workers answer with them and leave on SIGTERM (a forked process that left
+    through the interpreter's normal exit would wait for that thread for ever)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
+           "LATENTSERVE_WEIGHTS_DIR": str(weights), "LATENTSERVE_WORKERS": "2",
+           "LATENTSERVE_TRACE_AT_START": "true", "LATENTSERVE_LOG_LEVEL": "info"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=weights,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/health/ready")
+        assert len(workers(proc.pid)) == 2
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for _ in range(6):  # both workers, most likely
+                for model, op in (("ae-t", "reconstruct"), ("gan-t", "encode")):
+                    r = client.post(f"/v1/models/{model}/{op}", content=png(),
+                                    headers={"content-type": "image/png"})  # fmt: skip
+                    assert r.status_code == 200, r.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(60) == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    log = proc.stderr.read().decode() if proc.stderr else ""
+    assert "preloaded 2 models and 5 compiled calls" in log
+    assert "model calls compiled ahead of traffic" in log  # the workers' warm-up found them
