@@ -6,6 +6,7 @@ two workers forked from a preloading supervisor serves and stops."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -66,6 +67,47 @@ def test_a_worker_serves_the_preloaded_models_and_compiled_calls(weights: Path) 
         r = client.post("/v1/models/gan-t/encode", content=png(),
                         headers={"content-type": "image/png"})  # fmt: skip
         assert r.status_code == 200, r.text
+
+
+def test_the_graphs_are_exported_by_a_child_process_and_only_there(
+    weights: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The supervisor compiles from graphs a forked child exported (it never exports
+    itself), and exports itself, with a warning, where the child failed."""
+    import onnx
+
+    import service.onnx_engine as onnx_engine
+
+    supervisor, export = os.getpid(), onnx_engine.export_graph
+
+    def only_in_a_child(*args: object) -> tuple[bytes, int]:
+        assert os.getpid() != supervisor, "exported in the supervisor"
+        return export(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx_engine, "export_graph", only_in_a_child)
+    settings = Settings(weights_dir=weights, trace_at_start=True)
+    made = preloading.preload(settings)
+    assert made is not None
+    states = {c.label: c.state for calls in made.compiled.values() for c in calls.values()}
+    assert set(states.values()) == {"onnxruntime"} and len(states) == 5, states
+    graphs = preloading.exported_in_child(settings, list(made.models.values()))
+    # by call and input shapes (the tiny ae's code has 4 numbers, the GAN's 5)
+    assert set(graphs) == {
+        "ae-t.encode ((1, 28, 28),)", "ae-t.reconstruct ((1, 28, 28),)", "ae-t.decode ((4,),)",
+        "gan-t.decode ((5,),)", "gan-t.inversion_objective ((5,), (1, 28, 28))",
+    }  # fmt: skip
+    for graph in graphs.values():
+        onnx.checker.check_model(onnx.load_from_string(graph))
+
+    def failing(*args: object) -> dict[str, bytes]:
+        raise RuntimeError("the exporting child exited with 1")
+
+    monkeypatch.setattr(onnx_engine, "export_graph", export)
+    monkeypatch.setattr(preloading, "exported_in_child", failing)
+    with caplog.at_level(logging.WARNING, "latentserve.preloading"):
+        made = preloading.preload(settings)
+    assert made is not None and sum(map(len, made.compiled.values())) == 5
+    assert "exporting in a child process failed (the exporting child exited with 1)" in caplog.text
 
 
 def test_a_model_whose_files_changed_since_preloading_loads_again(weights: Path) -> None:
