@@ -156,11 +156,14 @@ class Settings(BaseSettings):
     )
     # process
     workers: int = Field(
-        1, ge=1, le=64, description="uvicorn worker processes (each loads every model)"
+        1,
+        ge=1,
+        le=64,
+        description="uvicorn worker processes (forked ones share the models the supervisor preloaded)",
     )
     worker_start: Literal["fork", "spawn"] = Field(
         "fork", description="how several workers start: 'fork' from a supervisor that has "
-        "imported torch, ONNX Runtime and the service (shared copy-on-write), or 'spawn' "
+        "imported torch and the service and preloaded the models (shared copy-on-write), or 'spawn' "
         "(uvicorn's own: fresh interpreters, each importing everything)",
     )  # fmt: skip
     reload_signal_file: Path | None = Field(
