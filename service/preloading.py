@@ -30,6 +30,8 @@ import gc
 import json
 import logging
 import os
+import select
+import signal
 import time
 
 import torch
@@ -43,6 +45,9 @@ from .onnx_engine import exported_elsewhere, recording_exports
 from .registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger("latentserve.preloading")
+#: a child that has not handed its graphs over by then is stopped, and the supervisor exports
+#: them itself (the shipped models take ~5 s)
+CHILD_TIMEOUT_S = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +141,14 @@ def exported_in_child(settings: Settings, models: list[LoadedModel]) -> dict[str
         finally:
             os._exit(code)  # not the interpreter's exit (the module's docstring says why)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    try:
+        data = _read_all(read_end, time.monotonic() + CHILD_TIMEOUT_S)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        raise RuntimeError(f"the exporting child did not finish in {CHILD_TIMEOUT_S} s") from None
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"the exporting child exited with {os.waitstatus_to_exitcode(status)}")
     size = int.from_bytes(data[:8], "big")
@@ -149,6 +159,19 @@ def exported_in_child(settings: Settings, models: list[LoadedModel]) -> dict[str
     if offset != len(data):
         raise ValueError(f"the exporting child sent {len(data)} bytes, its header said {offset}")
     return graphs
+
+
+def _read_all(fd: int, deadline: float) -> bytes:
+    """Everything the other end writes until it closes, by ``deadline`` (TimeoutError)."""
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def preloaded_for(settings: Settings) -> Preloaded | None:

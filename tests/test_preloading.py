@@ -73,7 +73,8 @@ def test_the_graphs_are_exported_by_a_child_process_and_only_there(
     weights: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The supervisor compiles from graphs a forked child exported (it never exports
-    itself), and exports itself, with a warning, where the child failed."""
+    itself); a child that takes too long is stopped; where the child failed, the supervisor
+    exports itself, with a warning."""
     import onnx
 
     import service.onnx_engine as onnx_engine
@@ -98,6 +99,10 @@ def test_the_graphs_are_exported_by_a_child_process_and_only_there(
     }  # fmt: skip
     for graph in graphs.values():
         onnx.checker.check_model(onnx.load_from_string(graph))
+
+    monkeypatch.setattr(preloading, "CHILD_TIMEOUT_S", 0)  # a child that takes too long
+    with pytest.raises(RuntimeError, match="the exporting child did not finish in 0 s"):
+        preloading.exported_in_child(settings, list(made.models.values()))
 
     def failing(*args: object) -> dict[str, bytes]:
         raise RuntimeError("the exporting child exited with 1")
