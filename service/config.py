@@ -156,15 +156,13 @@ class Settings(BaseSettings):
     )
     # process
     workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="uvicorn worker processes (forked ones share the models the supervisor preloaded)",
-    )
+        1, ge=1, le=64,
+        description="uvicorn worker processes (forked ones share the models the supervisor loaded)",
+    )  # fmt: skip
     worker_start: Literal["fork", "spawn"] = Field(
         "fork", description="how several workers start: 'fork' from a supervisor that has "
-        "imported torch and the service and preloaded the models (shared copy-on-write), or 'spawn' "
-        "(uvicorn's own: fresh interpreters, each importing everything)",
+        "imported torch and the service and preloaded the models (shared copy-on-write), or "
+        "'spawn' (uvicorn's own: fresh interpreters, each loading everything)",
     )  # fmt: skip
     reload_signal_file: Path | None = Field(
         None,

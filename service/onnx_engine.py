@@ -9,10 +9,10 @@ The graph is made at load time from the model in memory (models/onnx_model.py
 ``export_graph``: the TorchScript-based exporter, dynamic batch axis), never written to disk;
 a supervisor that preloads for its workers has a child process export the graphs and hand
 them over (``exported_elsewhere``: preloading.py), so that the exporter's modules and garbage
-stay out of the memory the workers share. The session has the options of every session latentserve opens
-(``session_options``: ``LATENTSERVE_TORCH_THREADS`` intra-op threads, the same budget as
-torch's; one inter-op thread; no spinning; no memory arena). ``engines.py`` uses it only after
-its outputs matched the eager call.
+stay out of the memory the workers share. The session has the options of every session
+latentserve opens (``session_options``: ``LATENTSERVE_TORCH_THREADS`` intra-op threads, the
+same budget as torch's; one inter-op thread; no spinning; no memory arena). ``engines.py``
+uses it only after its outputs matched the eager call.
 """
 
 from __future__ import annotations
