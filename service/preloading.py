@@ -10,7 +10,9 @@ once, not once per worker. A worker's registry keeps a preloaded model while its
 unchanged (registry.py compares modification times, as a reload does), and its operations
 start from the preloaded compiled calls (inference.py); a model whose files changed since,
 or a reload, loads and compiles in the worker as before. A worker the supervisor starts
-again after a crash is forked from the same preloaded state.
+again after a crash is forked from the same preloaded state (and loads what changed since);
+the supervisor keeps the preloaded versions for that, so after a reload that replaced a
+model its old version stays in memory once, in the supervisor alone.
 
 Measured (``python -m bench.first_requests``, every shipped model, two workers, after one
 request of every operation; bench/results/first_requests.md): with TRACE_AT_START 536 MB PSS

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from service.config import Settings
 from .conftest import png, start, until
 from .factories import write_tiny
 from .test_deploy import ROOT, free_port, wait_ready
-from .test_workers import workers
+from .test_workers import stop_cleanly, workers
 
 
 @contextlib.contextmanager
@@ -149,12 +148,14 @@ def test_two_workers_forked_from_a_preloading_supervisor_serve_and_stop(weights:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_PORT": str(port),
            "LATENTSERVE_WEIGHTS_DIR": str(weights), "LATENTSERVE_WORKERS": "2",
            "LATENTSERVE_TRACE_AT_START": "true", "LATENTSERVE_LOG_LEVEL": "info"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=weights,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    log = weights / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=weights,
+                                stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{base}/health/ready")
-        assert len(workers(proc.pid)) == 2
+        until(lambda: len(workers(proc.pid)) == 2, "two workers")
         with httpx.Client(base_url=base, timeout=30) as client:
             for _ in range(6):  # both workers, most likely
                 for model, op in (("ae-t", "reconstruct"), ("gan-t", "encode")):
@@ -162,12 +163,7 @@ def test_two_workers_forked_from_a_preloading_supervisor_serve_and_stop(weights:
                                     headers={"content-type": "image/png"})  # fmt: skip
                     assert r.status_code == 200, r.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(60) == 0
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    log = proc.stderr.read().decode() if proc.stderr else ""
-    assert "preloaded 2 models and 5 compiled calls" in log
-    assert "model calls compiled ahead of traffic" in log  # the workers' warm-up found them
+        stop_cleanly(proc)
+    text = log.read_text()
+    assert "preloaded 2 models and 5 compiled calls" in text
+    assert "model calls compiled ahead of traffic" in text  # the workers' warm-up found them

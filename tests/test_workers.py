@@ -35,6 +35,16 @@ def workers(main_pid: int) -> set[int]:
     return found
 
 
+def stop_cleanly(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server; it must exit 0 within a minute (else it is killed and this fails)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(60) == 0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(tmp_path: Path) -> None:
     write_tiny(tmp_path / "ae-t", "ae")
     port = free_port()
@@ -145,9 +155,4 @@ def test_spawned_workers_still_serve_when_asked_for(tmp_path: Path) -> None:
                        headers={"content-type": "image/png"}, timeout=30)  # fmt: skip
         assert r.status_code == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(60) == 0
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_cleanly(proc)
