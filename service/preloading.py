@@ -44,7 +44,7 @@ from .config import Settings
 from .engines import EngineCall
 from .inference import Operations
 from .memory import return_freed_memory
-from .onnx_engine import exported_elsewhere, recording_exports
+from .onnx_engine import exported_elsewhere, providers_for, recording_exports
 from .registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger("latentserve.preloading")
@@ -104,8 +104,14 @@ def preload(settings: Settings) -> Preloaded | None:
 
 
 def compiles_ahead(settings: Settings) -> bool:
-    """Whether preloading compiles the calls too (else each worker does, on first use)."""
-    return settings.torch_threads == 1 and settings.trace_at_start and settings.engine != "torch"
+    """Whether preloading compiles the calls too (else each worker does, on first use). Not
+    for CUDA: a CUDA context made before a fork cannot be used in the child."""
+    return (
+        settings.torch_threads == 1
+        and settings.trace_at_start
+        and settings.engine != "torch"
+        and (settings.device == "cpu" or "CUDAExecutionProvider" not in providers_for(settings.device))
+    )  # fmt: skip
 
 
 def compile_calls(

@@ -126,6 +126,20 @@ def test_a_model_whose_files_changed_since_preloading_loads_again(weights: Path)
         assert models["ae-t"] is not made.models["ae-t"]  # its files are newer
 
 
+def test_nothing_is_compiled_ahead_for_cuda_or_without_trace_at_start(
+    weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert preloading.compiles_ahead(Settings(weights_dir=weights, trace_at_start=True))
+    assert not preloading.compiles_ahead(Settings(weights_dir=weights))
+    assert not preloading.compiles_ahead(Settings(weights_dir=weights, trace_at_start=True, engine="torch"))  # fmt: skip
+    monkeypatch.setattr(preloading, "providers_for", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
+    settings = Settings(weights_dir=weights, trace_at_start=True)  # device auto: CUDA here
+    assert not preloading.compiles_ahead(settings)
+    made = preloading.preload(settings)
+    assert made is not None and set(made.models) == {"ae-t", "gan-t"} and made.compiled == {}
+    assert preloading.compiles_ahead(Settings(weights_dir=weights, trace_at_start=True, device="cpu"))  # fmt: skip
+
+
 def test_nothing_is_preloaded_with_several_threads_or_used_for_other_settings(
     weights: Path,
 ) -> None:
