@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from service import preloading
@@ -38,11 +39,13 @@ def serving(settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setattr(preloading, "_preloaded", None)  # this test's preloading only
     write_tiny(tmp_path / "ae-t", "ae")
     write_tiny(tmp_path / "gan-t", "gan")
-    return tmp_path
+    threads = torch.get_num_threads()
+    yield tmp_path
+    torch.set_num_threads(threads)  # preload sets one thread for this process
 
 
 def test_a_worker_serves_the_preloaded_models_and_compiled_calls(weights: Path) -> None:
