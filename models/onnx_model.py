@@ -258,10 +258,10 @@ def session_options(threads: int) -> Any:
 
 def export_graph(
     module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]
-) -> tuple[bytes, int]:
+) -> bytes:
     """``module`` on inputs like ``example`` (one tensor, or a tuple for a module of several
-    inputs) -> (an ONNX graph, its number of outputs): input ``x`` (``x0``, ``x1``, ... for
-    several), outputs ``y0``, ``y1``, ..., the batch axis (0) of each dynamic.
+    inputs) -> an ONNX graph: input ``x`` (``x0``, ``x1``, ... for several), outputs ``y0``,
+    ``y1``, ... (one run of the module counts them), the batch axis (0) of each dynamic.
 
     The TorchScript-based exporter (``dynamo=False``, deprecated since torch 2.9 but still
     shipped in 2.13): the torch.export-based one needs the onnxscript package and took seconds
@@ -287,4 +287,4 @@ def export_graph(
             input_names=inputs, output_names=outputs,
             dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]},
         )  # fmt: skip
-    return buffer.getvalue(), n_out
+    return buffer.getvalue()

@@ -88,7 +88,7 @@ def onnx_call(
     call and its input shapes: a graph handed over under it is used instead of exporting."""
     graph = _handed_over.pop(key, None) if key else None
     if graph is None:
-        graph, _ = export_graph(MethodCall(model, method), example)
+        graph = export_graph(MethodCall(model, method), example)
         if _recorded is not None and key:
             _recorded[key] = graph
     session = session_for(graph, threads, providers_for(device))

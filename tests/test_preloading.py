@@ -83,7 +83,7 @@ def test_the_graphs_are_exported_by_a_child_process_and_only_there(
 
     supervisor, export = os.getpid(), onnx_engine.export_graph
 
-    def only_in_a_child(*args: object) -> tuple[bytes, int]:
+    def only_in_a_child(*args: object) -> bytes:
         assert os.getpid() != supervisor, "exported in the supervisor"
         return export(*args)  # type: ignore[arg-type]
 

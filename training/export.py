@@ -57,7 +57,7 @@ def export_onnx(model: LatentModel, out: Path) -> dict[str, object]:
         "latent_dim": model.latent_dim,
     }
     for role, (operation, example) in roles.items():
-        graph, _ = export_graph(_Role(model, operation), example)
+        graph = export_graph(_Role(model, operation), example)
         (out / f"{role}.onnx").write_bytes(graph)
         config[role] = f"{role}.onnx"
     generate = ops.get("generate")
