@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from bench.__main__ import descendants
 
@@ -127,6 +128,7 @@ def test_forking_workers_refuses_an_unknown_uvicorn_and_sets_the_fork_context(
         fork_workers_after_imports(settings)
     monkeypatch.setattr(uvicorn._subprocess, "spawn", multiprocessing.get_context("spawn"),
                         raising=False)  # fmt: skip
+    threads = torch.get_num_threads()
     try:
         fork_workers_after_imports(settings)
         assert uvicorn._subprocess.spawn.get_start_method() == "fork"  # type: ignore[attr-defined]
@@ -134,6 +136,7 @@ def test_forking_workers_refuses_an_unknown_uvicorn_and_sets_the_fork_context(
         import gc
 
         gc.unfreeze()
+        torch.set_num_threads(threads)  # preloading set one thread for this process
 
 
 def test_spawned_workers_still_serve_when_asked_for(tmp_path: Path) -> None:
