@@ -22,6 +22,7 @@ from models import load_model
 from models.inversion import autograd_objective
 from models.operations import INPUTS
 from service.engines import EngineCall
+from service.memory import keep_batch_buffers
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "engines.md"
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the table")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    keep_batch_buffers()  # as a serving worker does (service/memory.py)
     folders = sorted(p.parent for p in args.weights.glob("*/config.json"))
     if args.models:
         folders = [f for f in folders if f.name in args.models]

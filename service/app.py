@@ -19,6 +19,7 @@ from .batching import BatchEngine
 from .config import Settings
 from .dispatch import OperationDispatcher
 from .inference import Operations
+from .memory import keep_batch_buffers
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from .onnx_engine import providers_for
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
+        keep_batch_buffers()  # a batch's buffers come from the heap, not fresh pages (memory.py)
         await engine.start()
         await expensive.start()
         loading = asyncio.create_task(asyncio.to_thread(load_models, state))

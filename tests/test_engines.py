@@ -5,6 +5,9 @@ engine or eager, and LATENTSERVE_ENGINE picks the order."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from service.tracing import assert_same
 
 from .conftest import start
 from .factories import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def example_input(model, operation: str) -> torch.Tensor:
@@ -226,6 +231,39 @@ def test_every_shipped_search_objective_runs_on_onnx_runtime_within_tolerance() 
                     torch.testing.assert_close(g_t, w_t, rtol=1e-4, atol=1e-4 * scale)
             checked += 1
     assert checked >= 2  # gan-fashion and cgan-fashion
+
+
+KEPT_BUFFER_PROBE = """
+import os, sys
+from service.memory import keep_batch_buffers, resident_bytes, return_freed_memory
+kept = keep_batch_buffers() if sys.argv[1] == "keep" else None
+before = resident_bytes()
+block = b"x" * (24 << 20)  # a batch's buffer: 24 MB, every page written
+del block
+after_free = resident_bytes()
+return_freed_memory()
+print(kept, (after_free - before) >> 20, (resident_bytes() - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc")
+@pytest.mark.parametrize("mode", ["keep", "defaults", "environment"])
+def test_keep_batch_buffers_keeps_a_freed_batch_buffer_until_trimmed(mode: str) -> None:
+    """With keep_batch_buffers a freed 24 MB buffer stays in the heap for the next batch
+    (glibc's defaults unmap it on free), and return_freed_memory still hands it back; a
+    MALLOC_ threshold in the environment rules instead (service/memory.py)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if mode == "environment":
+        env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)
+    argv = [sys.executable, "-c", KEPT_BUFFER_PROBE, "defaults" if mode == "defaults" else "keep"]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60)
+    kept, kept_after_free, kept_after_trim = out.stdout.split()
+    assert kept == {"keep": "True", "defaults": "None", "environment": "False"}[mode]
+    if mode == "keep":
+        assert int(kept_after_free) >= 20, out.stdout
+    else:
+        assert int(kept_after_free) < 4, out.stdout
+    assert int(kept_after_trim) < 4, out.stdout
 
 
 def _rss_mb() -> float:
