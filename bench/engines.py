@@ -4,8 +4,9 @@ in-process, one thread (the service's default ``LATENTSERVE_TORCH_THREADS``). Ea
 call is built and checked exactly as the service does it (service/engines.py); a call an
 engine cannot take shows as "-" with the reason below the table. A second table has the
 searches' declared objectives (a GAN inversion's error and gradient, written out by
-models/adjoint.py) beside autograd through the model's decode, which they replace. Writes
-``bench/results/engines.md``.
+models/adjoint.py) beside autograd through the model's decode, which they replace. The last
+column says which engine ``LATENTSERVE_ENGINE=auto`` runs the call on (the faster that
+matches, timed on the 16-row compile example). Writes ``bench/results/engines.md``.
 """
 
 from __future__ import annotations
@@ -76,13 +77,22 @@ def engine_cells(
     return cells
 
 
+def auto_choice(model, method: str, label: str, x: torch.Tensor | tuple[torch.Tensor, ...]) -> str:
+    """Which engine ``LATENTSERVE_ENGINE=auto`` runs the call on (timed on 16 rows at compile,
+    service/engines.py)."""
+    call = EngineCall(model, method, label, "auto")
+    with torch.inference_mode():
+        call(*(x if isinstance(x, tuple) else (x,)))
+    return {"onnxruntime": "ORT", "torchscript": "trace"}.get(call.state, call.state)
+
+
 def objective_rows(model, name: str, seconds: float, notes: list[str]) -> list[str]:
     """A row per declared search objective: autograd through decode, then each engine."""
     rows = []
     for operation, op in sorted(model.operations.items()):
         if op.objective is None:
             continue
-        cells = []
+        cells, auto = [], ""
         for batch in (1, 64):
             g = torch.Generator().manual_seed(0)
             inputs = (torch.randn(batch, model.latent_dim, generator=g),
@@ -90,6 +100,9 @@ def objective_rows(model, name: str, seconds: float, notes: list[str]) -> list[s
             cells.append(f"{per_image_us(autograd_objective(model), inputs, seconds):,.0f}")
             cells += engine_cells(model, op.objective, f"{name}.{op.objective}", inputs, seconds,
                                   notes if batch == 1 else [])  # fmt: skip
+            if batch == 1:
+                auto = auto_choice(model, op.objective, f"{name}.{op.objective}", inputs)
+        cells.append(auto)
         rows.append(f"| {name} | {operation} ({op.objective}) | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
     return rows
@@ -107,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted(p.parent for p in args.weights.glob("*/config.json"))
     if args.models:
         folders = [f for f in folders if f.name in args.models]
-    rows, objectives, notes = [], [], []
+    rows: list[str] = []
+    objectives: list[str] = []
+    notes: list[str] = []
     for folder in folders:
         model = load_model(folder)
         objectives += objective_rows(model, folder.name, args.seconds, notes)
@@ -119,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
                 x = example(model, operation, batch)
                 cells += engine_cells(model, op.method, f"{folder.name}.{op.method}", x,
                                       args.seconds, notes if batch == 1 else [])  # fmt: skip
+            x = example(model, operation, EngineCall.EXAMPLE_ROWS)
+            cells.append(auto_choice(model, op.method, f"{folder.name}.{op.method}", x))
             rows.append(
                 f"| {folder.name} | {operation} ({op.method}) | " + " | ".join(cells) + " |"
             )
             print(rows[-1], flush=True)
-    header = ("| model | call | eager b1 | trace b1 | ORT b1 | eager b64 | trace b64 | ORT b64 |\n"
-              "|---|---|---|---|---|---|---|---|")  # fmt: skip
+    header = ("| model | call | eager b1 | trace b1 | ORT b1 | eager b64 | trace b64 | ORT b64 "
+              "| auto runs |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     text = (
         "# Forward cost per image (us), one thread\n\n"
         f"`python -m bench.engines` (best of 5 rounds of ~{args.seconds / 5:.2f} s each, "
@@ -136,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             "What a search evaluates at every step (models/adjoint.py), against autograd "
             "through the model's decode.\n\n"
             "| model | search | autograd b1 | eager b1 | trace b1 | ORT b1 | autograd b64 | "
-            "eager b64 | trace b64 | ORT b64 |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            "eager b64 | trace b64 | ORT b64 | auto runs |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n"
             + "\n".join(objectives) + "\n"
         )  # fmt: skip
     if notes:
