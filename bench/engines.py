@@ -77,6 +77,29 @@ def engine_cells(
     return cells
 
 
+def flops_per_image(model, method: str, x: torch.Tensor | tuple[torch.Tensor, ...]) -> float:
+    """Floating-point operations of one image's ``model.<method>``: twice the multiply-adds
+    of its convolutions and matrix products, as torch's FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = x if isinstance(x, tuple) else (x,)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        getattr(model, method)(*inputs)
+    return counter.get_total_flops() / len(inputs[0])
+
+
+def matmul_gflops(seconds: float = 1.0) -> float:
+    """This core's rate on a large float32 matrix product (1024 x 1024 x 1024, one thread,
+    best of repeated runs): the ceiling a forward pass of convolutions can approach."""
+    a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
+    best, started = float("inf"), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 1024**3 / best / 1e9
+
+
 def auto_choice(model, method: str, label: str, x: torch.Tensor | tuple[torch.Tensor, ...]) -> str:
     """Which engine ``LATENTSERVE_ENGINE=auto`` runs the call on (timed on 16 rows at compile,
     service/engines.py)."""
@@ -136,16 +159,28 @@ def main(argv: list[str] | None = None) -> int:
                                       args.seconds, notes if batch == 1 else [])  # fmt: skip
             x = example(model, operation, EngineCall.EXAMPLE_ROWS)
             cells.append(auto_choice(model, op.method, f"{folder.name}.{op.method}", x))
+            flops = flops_per_image(model, op.method, x)
+            fastest_b64 = min(float(c.replace(",", "")) for c in cells[3:6] if c != "-")
+            cells += [f"{flops / 1e6:,.2f}", f"{flops / fastest_b64 / 1e3:,.0f}"]
             rows.append(
                 f"| {folder.name} | {operation} ({op.method}) | " + " | ".join(cells) + " |"
             )
             print(rows[-1], flush=True)
     header = ("| model | call | eager b1 | trace b1 | ORT b1 | eager b64 | trace b64 | ORT b64 "
-              "| auto runs |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+              "| auto runs | MFLOP | GFLOP/s b64 |\n|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    ceiling = matmul_gflops()
     text = (
         "# Forward cost per image (us), one thread\n\n"
         f"`python -m bench.engines` (best of 5 rounds of ~{args.seconds / 5:.2f} s each, "
-        f"torch {torch.__version__}).\n\n" + header + "\n" + "\n".join(rows) + "\n"
+        f"torch {torch.__version__}). MFLOP: per image, twice the multiply-adds of the "
+        "call's convolutions and matrix products (torch's FlopCounterMode); GFLOP/s b64: "
+        "at the fastest engine's batch-64 cost. This core multiplies 1024 x 1024 float32 "
+        f"matrices at **{ceiling:,.0f} GFLOP/s** (one thread): a call at a large share of "
+        "that cannot run much faster without doing less arithmetic.\n\n"
+        + header
+        + "\n"
+        + "\n".join(rows)
+        + "\n"
     )
     if objectives:
         text += (
