@@ -41,7 +41,7 @@ import torch
 
 from .batching import BatchEngine
 from .config import Settings
-from .engines import EngineCall
+from .engines import EngineCall, chosen_elsewhere, recording_choices
 from .inference import Operations
 from .memory import return_freed_memory
 from .onnx_engine import exported_elsewhere, providers_for, recording_exports
@@ -88,11 +88,11 @@ def preload(settings: Settings) -> Preloaded | None:
     if compiles_ahead(settings):
         models = list(registry.models.values())
         try:
-            graphs = exported_in_child(settings, models)
+            graphs, engines = exported_in_child(settings, models)
         except (OSError, RuntimeError, ValueError) as exc:  # then exported here
             log.warning("exporting in a child process failed (%s); exporting here", exc)
-            graphs = {}
-        with exported_elsewhere(graphs):
+            graphs, engines = {}, {}
+        with exported_elsewhere(graphs), chosen_elsewhere(engines):
             compiled = compile_calls(settings, models)
     _preloaded = Preloaded(fingerprint(settings), dict(registry.models), compiled)
     gc.collect()
@@ -124,14 +124,19 @@ def compile_calls(
     return operations.compiled_calls()
 
 
-def exported_in_child(settings: Settings, models: list[LoadedModel]) -> dict[str, bytes]:
-    """The ONNX graphs of ``compile_calls``, exported by a forked child process, by call key.
+def exported_in_child(
+    settings: Settings, models: list[LoadedModel]
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """``compile_calls`` in a forked child process: the ONNX graphs of the calls ONNX Runtime
+    runs, and the engine each call runs on, by call key.
 
     The exporter imports about 53 MB of modules (onnx, torch.onnx, sympy) and leaves ~22 MB
     of garbage in the heap; in the supervisor, all of it would be part of every worker's
-    memory. The child compiles as the supervisor will (one more ~5 s pass: ready comes
-    later by that much), hands the graphs over through a pipe (an 8-byte header length, a
-    JSON list of [key, size], the graphs' bytes) and leaves through ``os._exit``."""
+    memory. The child compiles as the supervisor will (one more pass: ready comes later by
+    that much), with ``auto`` timing the engines (engines.py); the supervisor then builds
+    each call's chosen engine alone, untimed. The child hands its results over through a
+    pipe (an 8-byte header length, a JSON header {"graphs": [[key, size], ...], "engines":
+    {key: engine}}, the graphs' bytes) and leaves through ``os._exit``."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -139,9 +144,11 @@ def exported_in_child(settings: Settings, models: list[LoadedModel]) -> dict[str
         try:
             os.close(read_end)
             logging.disable(logging.WARNING)  # the supervisor's own pass says what failed
-            with recording_exports() as graphs:
+            with recording_exports() as exported, recording_choices() as engines:
                 compile_calls(settings, models)
-            header = json.dumps([[key, len(graph)] for key, graph in graphs.items()]).encode()
+            graphs = {k: g for k, g in exported.items() if engines.get(k) == "onnxruntime"}
+            sizes = [[key, len(graph)] for key, graph in graphs.items()]
+            header = json.dumps({"graphs": sizes, "engines": engines}).encode()
             with os.fdopen(write_end, "wb") as pipe:
                 pipe.write(len(header).to_bytes(8, "big") + header)
                 for graph in graphs.values():
@@ -161,13 +168,14 @@ def exported_in_child(settings: Settings, models: list[LoadedModel]) -> dict[str
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"the exporting child exited with {os.waitstatus_to_exitcode(status)}")
     size = int.from_bytes(data[:8], "big")
+    header = json.loads(data[8 : 8 + size])
     graphs, offset = {}, 8 + size
-    for key, length in json.loads(data[8 : 8 + size]):
+    for key, length in header["graphs"]:
         graphs[key] = data[offset : offset + length]
         offset += length
     if offset != len(data):
         raise ValueError(f"the exporting child sent {len(data)} bytes, its header said {offset}")
-    return graphs
+    return graphs, header["engines"]
 
 
 def _read_all(fd: int, deadline: float) -> bytes:

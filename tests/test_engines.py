@@ -181,6 +181,25 @@ def test_auto_makes_no_trace_where_the_eager_call_is_slower(
     assert call.timings["onnxruntime"] < call.timings["eager"]
 
 
+def test_a_choice_made_in_another_process_is_built_untimed() -> None:
+    """Preloading's child records each call's engine; the supervisor builds that engine
+    first and does not time again (so both keep the same), even where it would choose
+    otherwise."""
+    from service.engines import call_key, chosen_elsewhere, recording_choices
+
+    x = torch.rand(2, 1, 28, 28)
+    key = call_key("ae.reconstruct", (torch.rand(16, 1, 28, 28),))
+    assert key == "ae.reconstruct ((1, 28, 28),)"
+    timed = EngineCall(tiny_model("ae"), "reconstruct", "ae.reconstruct", "auto")
+    told = EngineCall(tiny_model("ae"), "reconstruct", "ae.reconstruct", "auto")
+    with recording_choices() as recorded, torch.inference_mode():
+        timed(x)
+    assert recorded == {key: timed.state} and set(timed.timings) >= {"eager", "onnxruntime"}
+    with chosen_elsewhere({key: "torchscript"}), torch.inference_mode():
+        told(x)
+    assert told.state == "torchscript" and not told.timings
+
+
 def test_the_service_serves_through_traces(client: TestClient) -> None:
     from .conftest import png
 
