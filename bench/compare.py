@@ -2,6 +2,7 @@
 
     python -m bench.compare --before f900077            # reconstruct (JSON), 64 clients, 2 workers
     python -m bench.compare --before HEAD~3 --rounds 3 --clients 8 64
+    python -m bench.compare --before HEAD~3 --call generate --clients 8  # gan-fashion, 32 images
 
 This host's throughput drifts by several percent between runs, so one run of each is not a
 comparison: the two servers take turns, ``--rounds`` times, on the same model, body and load
@@ -28,14 +29,26 @@ def checkout(ref: str, folder: Path) -> Path:
     return folder
 
 
-def measure(cwd: Path, body: Path, clients: int, seconds: int, workers: int) -> dict:
+#: what ``--call`` posts: (model, operation, JSON body; None: one Fashion-MNIST image). A
+#: generate of 32 images: the most that is not expensive work (LATENTSERVE_EXPENSIVE_ROWS,
+#: whose lane admits two requests per client address)
+CALLS = {
+    "reconstruct": ("ae-fashion", "reconstruct", None),
+    "generate": ("gan-fashion", "generate", '{"n": 32, "seed": 1}'),
+}
+
+
+def measure(
+    cwd: Path, body: Path, clients: int, seconds: int, workers: int, call: str = "reconstruct"
+) -> dict:
     port = free_port()
     env = {"LATENTSERVE_PORT": str(port), "LATENTSERVE_WORKERS": str(workers),
            "LATENTSERVE_LOG_LEVEL": "warning", "LATENTSERVE_WEIGHTS_DIR": str(ROOT / "weights"),
            "PYTHONPATH": str(cwd)}  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     with server([sys.executable, "-m", "service"], env, f"{base}/health/ready", cwd=cwd):
-        url = f"{base}/v1/models/ae-fashion/reconstruct"
+        model, operation, _ = CALLS[call]
+        url = f"{base}/v1/models/{model}/{operation}"
         wrk(url, body, clients, 2)  # warm-up: traces, buffers
         return wrk(url, body, clients, seconds)
 
@@ -47,9 +60,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[64])
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--call", choices=CALLS, default="reconstruct", help="what is posted")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     body = bodies(tmp, ROOT / "weights/ae-fashion")["json"]
+    if (content := CALLS[args.call][2]) is not None:
+        body.write_text(content)
     before = checkout(args.before, tmp / "before")
     try:
         print(
@@ -59,8 +75,8 @@ def main() -> int:
         for clients in args.clients:
             runs: dict[str, list[float]] = {"before": [], "after": []}
             for r in range(args.rounds):
-                a = measure(before, body, clients, args.seconds, args.workers)
-                b = measure(ROOT, body, clients, args.seconds, args.workers)
+                a = measure(before, body, clients, args.seconds, args.workers, args.call)
+                b = measure(ROOT, body, clients, args.seconds, args.workers, args.call)
                 runs["before"].append(a["rps"])
                 runs["after"].append(b["rps"])
                 errors = (
