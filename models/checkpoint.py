@@ -56,10 +56,26 @@ def _atomic_write(target: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp (and safetensors' writer) make the file private (0600): give it what open()
+        # would, so that a server running as another user can read the weights
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process's umask. Read from
+    ``/proc/self/status`` (Linux), since setting the umask to learn it would race other
+    threads; 0644 elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
 
 
 def read_config(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:

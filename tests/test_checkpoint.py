@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -62,6 +63,19 @@ def test_config_json_is_plain_and_complete(tmp_path: Path) -> None:
 def saved(tmp_path: Path) -> Path:
     save_model(tiny_model("ae"), tmp_path)
     return tmp_path
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_files_get_the_mode_a_new_file_would(tmp_path: Path, umask: int, mode: int) -> None:
+    """Written through a private temporary file, a checkpoint still gets what open() gives
+    under the umask: a server running as another user (the container's) can read it."""
+    old = os.umask(umask)
+    try:
+        folder = save_model(tiny_model("ae"), tmp_path / "ae")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (folder / name).stat().st_mode & 0o777 == mode, name
 
 
 def test_truncated_weights(saved: Path) -> None:
