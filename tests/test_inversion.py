@@ -307,6 +307,9 @@ def test_fit_inverter_writes_the_inverter_into_the_artifact_and_leaves_the_gener
     for name, tensor in after.items():
         torch.testing.assert_close(again[name], tensor, rtol=0, atol=1e-6)
     assert len(json.loads((folder / "card.json").read_text())["inverter"]["history"]) == 2
+    with pytest.raises(SystemExit, match="of width 4; a width of 8 needs training"):
+        training_main(["fit-inverter", "--model", str(folder), "--dataset", "synthetic",
+                       "--epochs", "0", "--width", "8"])  # fmt: skip
     plain = write_tiny(tmp_path / "plain", "gan", atlas=())
     with pytest.raises(SystemExit, match="has none"):
         training_main(

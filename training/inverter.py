@@ -32,15 +32,21 @@ from .data import Split, batches
 from .metrics import psnr
 from .scoring import amortised_inversion_metrics, as_float
 
+DEFAULT_WIDTH = 32
+
 
 def add_fit_inverter_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_artifact_arguments(p, "weights/gan-fashion")
-    p.add_argument("--width", type=positive_int, default=32, help="the inverter's first conv width")
+    p.add_argument(
+        "--width", type=positive_int,
+        help=f"the inverter's first conv width (default {DEFAULT_WIDTH}; with --epochs 0, "
+        "the trained inverter's, which a different --width is refused for)",
+    )  # fmt: skip
     p.add_argument(
         "--epochs", type=non_negative_int, default=8,
         help="passes over the training images; 0: keep the model's trained inverter as it is "
-        "(whatever --width says) and fit only the refinement's preconditioner",
+        "and fit only the refinement's preconditioner",
     )  # fmt: skip
     p.add_argument(
         "--preconditioner-images", type=positive_int, default=300,
@@ -74,7 +80,7 @@ def val_psnr(model: GAN, split: Split, images: int = 1000) -> float:
 def fit_inverter(model: GAN, train: Split, val: Split, args: argparse.Namespace) -> dict:
     """Train a new inverter of ``args.width`` into ``model``; its summary for the card."""
     torch.manual_seed(args.seed)
-    model.config.inverter_width = args.width
+    model.config.inverter_width = args.width or DEFAULT_WIDTH
     model.inverter = make_inverter(model)
     assert model.inverter is not None
     model.eval()  # the generator's batch norm as it serves
@@ -116,7 +122,7 @@ def fit_inverter(model: GAN, train: Split, val: Split, args: argparse.Namespace)
     inverter.eval()
     return {
         "kind": "amortised GAN inversion (Zhu et al. 2016; 2020): conv encoder, then L-BFGS refinement",
-        "width": args.width,
+        "width": model.config.inverter_width,
         "parameters": sum(p.numel() for p in inverter.parameters()),
         "epochs": args.epochs,
         "steps_per_epoch": per_epoch,
@@ -155,6 +161,12 @@ def run_fit_inverter(args: argparse.Namespace) -> None:
         summary = fit_inverter(model, opened.data.train, opened.data.val, args)
     elif model.inverter is None:
         raise SystemExit(f"{args.model}: --epochs 0 keeps the trained inverter, and it has none")
+    elif args.width is not None and args.width != model.config.inverter_width:
+        raise SystemExit(
+            f"{args.model}: --epochs 0 keeps the trained inverter, of width "
+            f"{model.config.inverter_width}; a width of {args.width} needs training (--epochs 1 "
+            "or more)"
+        )
     else:
         summary = opened.card.get("inverter", {})
     summary["preconditioner"] = fit_preconditioner(model, opened.data.train, args)
