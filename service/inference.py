@@ -335,6 +335,15 @@ class Operations:
                 except Exception as exc:  # as in warm_up: the model's requests will say it
                     log.warning("compiling %s.%s failed: %s", lm.name, method, exc)
 
+    def engine_states(self) -> list[tuple[str, str, str, dict[str, float]]]:
+        """(model, method, engine, timings) of every call compiled so far (not pending)."""
+        return [
+            (lm.name, method, call.state, dict(call.timings))
+            for lm, calls in list(self._traces.items())
+            for method, call in list(calls.items())
+            if call.state != "pending"
+        ]
+
     def compiled_calls(self) -> dict[LoadedModel, dict[str, EngineCall]]:
         """Every model's compiled calls so far, by method (for ``compiled=``)."""
         return {lm: dict(calls) for lm, calls in self._traces.items()}

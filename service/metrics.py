@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -53,6 +54,18 @@ class Metrics:
         self.models_failed = Gauge(
             "latentserve_models_failed", "models that failed to load", registry=self.registry
         )
+        self.call_engine = Gauge(
+            "latentserve_call_engine",
+            "1 for the engine each compiled model call runs on (onnxruntime, torchscript, "
+            "eager), by model and call (the model's method); calls not compiled yet are absent",
+            ["model", "call", "engine"], registry=self.registry,
+        )  # fmt: skip
+        self.call_timing = Gauge(
+            "latentserve_call_timing_microseconds",
+            "per image on a call's 16-row compile example, for each engine "
+            "LATENTSERVE_ENGINE=auto timed before choosing (service/engines.py)",
+            ["model", "call", "engine"], registry=self.registry,
+        )  # fmt: skip
         # labels() validates and locks on every call; the label sets are few (route templates,
         # served model names or "(unknown)", status codes), so each child is looked up once
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -64,6 +77,15 @@ class Metrics:
             self._request_children[(route, model, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_engines(self, calls: Iterable[tuple[str, str, str, dict[str, float]]]) -> None:
+        """The compiled calls as they stand: (model, call, engine, timings) each."""
+        self.call_engine.clear()  # a reloaded model's old calls go
+        self.call_timing.clear()
+        for model, call, engine, timings in calls:
+            self.call_engine.labels(model, call, engine).set(1)
+            for timed, us in timings.items():
+                self.call_timing.labels(model, call, timed).set(us)
 
     def observe_drop(self, reason: str) -> None:
         self.dropped.labels(reason).inc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -208,6 +209,31 @@ def test_the_service_serves_through_traces(client: TestClient) -> None:
     operations = client.app.state.latentserve.operations  # type: ignore[attr-defined]
     lm = client.app.state.latentserve.registry.get("ae-t")  # type: ignore[attr-defined]
     assert operations.compiled(lm, "reconstruct").state == "onnxruntime"
+
+
+def test_metrics_say_which_engine_each_compiled_call_runs_on(client: TestClient) -> None:
+    from .conftest import png
+
+    reply = client.post("/v1/models/ae-t/reconstruct", files={"image": png()}, data={})
+    assert reply.status_code == 200
+    call = client.app.state.latentserve.operations.compiled(  # type: ignore[attr-defined]
+        client.app.state.latentserve.registry.get("ae-t"),
+        "reconstruct",  # type: ignore[attr-defined]
+    )
+    text = client.get("/metrics").text
+    line = f'latentserve_call_engine{{call="reconstruct",engine="{call.state}",model="ae-t"}} 1.0'
+    assert line in text
+    for engine, us in call.timings.items():  # auto timed ONNX Runtime against eager (at least)
+        name = f'latentserve_call_timing_microseconds{{call="reconstruct",engine="{engine}",model="ae-t"}}'
+        value = float(next(x for x in text.splitlines() if x.startswith(name)).split()[-1])
+        assert value == pytest.approx(us)
+    assert {"eager", "onnxruntime"} <= set(call.timings)
+    # exactly the calls compiled so far in this app: pending ones are absent
+    operations = client.app.state.latentserve.operations  # type: ignore[attr-defined]
+    listed = set(
+        re.findall(r'latentserve_call_engine\{call="(\w+)",engine="\w+",model="([\w-]+)"', text)
+    )
+    assert listed == {(c, m) for m, c, _, _ in operations.engine_states()}
 
 
 def test_a_first_batch_of_one_still_traces_the_batched_path() -> None:

@@ -63,7 +63,9 @@ async def ready(state: State) -> JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(state: State) -> Response:
-    """Requests by route/model/status, latency, batch sizes, queue depth, model load times."""
+    """Requests by route/model/status, latency, batch sizes, queue depth, model load times,
+    and the engine each compiled model call runs on."""
     state.metrics.queue_depth.set(state.engine.depth + state.operations.expensive.depth)
     state.metrics.expensive_paused.set(state.operations.expensive.paused_s)
+    state.metrics.observe_engines(state.operations.engine_states())
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
