@@ -43,7 +43,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -72,11 +72,19 @@ MARGIN = 0.9
 #: (eager 776 us per image, ONNX Runtime 803) was traced (726) only to lose
 EAGER_MARGIN = 0.95
 
-#: the engine another process chose for a call (preloading's child), by call key: built
-#: first and untimed here, so that both processes keep the same one
-_chosen_elsewhere: dict[str, str] = {}
-#: while ``recording_choices`` runs: the engine of every call compiled meanwhile, by key
-_recorded: dict[str, str] | None = None
+
+class Choice(TypedDict):
+    """The engine a call runs on and the times (us per image) it was chosen by."""
+
+    engine: str
+    timings: dict[str, float]
+
+
+#: what another process chose for a call (preloading's child), by call key: built first and
+#: untimed here, so that both processes keep the same engine
+_chosen_elsewhere: dict[str, Choice] = {}
+#: while ``recording_choices`` runs: the choice of every call compiled meanwhile, by key
+_recorded: dict[str, Choice] | None = None
 
 
 class EngineCall:
@@ -134,9 +142,11 @@ class EngineCall:
         one = tuple(x[:1] for x in inputs)
         key = call_key(self.label, example)
         order, fastest = self.order, self.fastest
-        first = _chosen_elsewhere.pop(key, None)
-        if first in order:  # timed there: that engine first, untimed
+        elsewhere = _chosen_elsewhere.pop(key, None)
+        if elsewhere is not None and elsewhere["engine"] in order:  # timed there: untimed here
+            first = elsewhere["engine"]
             order, fastest = (first, *(e for e in order if e != first)), False
+            self.timings = dict(elsewhere["timings"])
         chosen: tuple[str, Callable[..., Any]] | None = None
         for engine in order:
             if chosen is not None and not self._eager_beats(chosen, example):
@@ -149,7 +159,7 @@ class EngineCall:
             if not fastest:
                 break
         if _recorded is not None and chosen is not None:
-            _recorded[key] = chosen[0]
+            _recorded[key] = Choice(engine=chosen[0], timings=dict(self.timings))
         if chosen is None:
             if self.order:
                 log.warning("%s stays eager", self.label)
@@ -190,9 +200,9 @@ class EngineCall:
         of ``TIMING_ROUNDS`` runs each (fewer past ``TIMING_BUDGET_S``), taking turns
         (``timings`` keeps both, per image)."""
         best = {a[0]: float("inf"), b[0]: float("inf")}
-        started = time.perf_counter()
+        timing_since = time.perf_counter()
         for round_ in range(TIMING_ROUNDS):
-            if round_ and time.perf_counter() - started > TIMING_BUDGET_S:
+            if round_ and time.perf_counter() - timing_since > TIMING_BUDGET_S:
                 break
             for name, call in (b, a):
                 started = time.perf_counter()
@@ -217,10 +227,10 @@ def call_key(label: str, example: tuple[torch.Tensor, ...]) -> str:
 
 
 @contextlib.contextmanager
-def recording_choices() -> Iterator[dict[str, str]]:
-    """Collects the engine of every call compiled meanwhile, by call key."""
+def recording_choices() -> Iterator[dict[str, Choice]]:
+    """Collects the choice of every call compiled meanwhile, by call key."""
     global _recorded
-    recorded: dict[str, str] = {}
+    recorded: dict[str, Choice] = {}
     _recorded = recorded
     try:
         yield recorded
@@ -229,9 +239,9 @@ def recording_choices() -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def chosen_elsewhere(choices: dict[str, str]) -> Iterator[None]:
-    """Calls compiled meanwhile take these engines (by key) first and untimed; any left
-    over are dropped after."""
+def chosen_elsewhere(choices: dict[str, Choice]) -> Iterator[None]:
+    """Calls compiled meanwhile take these choices (by key): that engine first, untimed, and
+    the times it was chosen by; any left over are dropped after."""
     _chosen_elsewhere.update(choices)
     try:
         yield

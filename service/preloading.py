@@ -42,7 +42,7 @@ import torch
 
 from .batching import BatchEngine
 from .config import Settings
-from .engines import EngineCall, chosen_elsewhere, recording_choices
+from .engines import Choice, EngineCall, chosen_elsewhere, recording_choices
 from .inference import Operations
 from .memory import return_freed_memory
 from .onnx_engine import exported_elsewhere, providers_for, recording_exports
@@ -127,9 +127,9 @@ def compile_calls(
 
 def exported_in_child(
     settings: Settings, models: list[LoadedModel]
-) -> tuple[dict[str, bytes], dict[str, str]]:
+) -> tuple[dict[str, bytes], dict[str, Choice]]:
     """``compile_calls`` in a forked child process: the ONNX graphs of the calls ONNX Runtime
-    runs, and the engine each call runs on, by call key.
+    runs, and each call's engine with the times it was chosen by, by call key.
 
     The exporter imports about 53 MB of modules (onnx, torch.onnx, sympy) and leaves ~22 MB
     of garbage in the heap; in the supervisor, all of it would be part of every worker's
@@ -137,7 +137,8 @@ def exported_in_child(
     that much), with ``auto`` timing the engines (engines.py); the supervisor then builds
     each call's chosen engine alone, untimed. The child hands its results over through a
     pipe (an 8-byte header length, a JSON header {"graphs": [[key, size], ...], "engines":
-    {key: engine}}, the graphs' bytes) and leaves through ``os._exit``."""
+    {key: {"engine": ..., "timings": {...}}}}, the graphs' bytes) and leaves through
+    ``os._exit``."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -147,7 +148,11 @@ def exported_in_child(
             logging.disable(logging.WARNING)  # the supervisor's own pass says what failed
             with recording_exports() as exported, recording_choices() as engines:
                 compile_calls(settings, models)
-            graphs = {k: g for k, g in exported.items() if engines.get(k) == "onnxruntime"}
+            graphs = {
+                k: g
+                for k, g in exported.items()
+                if k in engines and engines[k]["engine"] == "onnxruntime"
+            }
             sizes = [[key, len(graph)] for key, graph in graphs.items()]
             header = json.dumps({"graphs": sizes, "engines": engines}).encode()
             with os.fdopen(write_end, "wb") as pipe:

@@ -183,10 +183,10 @@ def test_auto_makes_no_trace_where_the_eager_call_is_slower(
 
 
 def test_a_choice_made_in_another_process_is_built_untimed() -> None:
-    """Preloading's child records each call's engine; the supervisor builds that engine
-    first and does not time again (so both keep the same), even where it would choose
-    otherwise."""
-    from service.engines import call_key, chosen_elsewhere, recording_choices
+    """Preloading's child records each call's engine and timings; the supervisor builds that
+    engine first, does not time again (so both keep the same), even where it would choose
+    otherwise, and keeps the child's timings (the metrics show them)."""
+    from service.engines import Choice, call_key, chosen_elsewhere, recording_choices
 
     x = torch.rand(2, 1, 28, 28)
     key = call_key("ae.reconstruct", (torch.rand(16, 1, 28, 28),))
@@ -195,10 +195,35 @@ def test_a_choice_made_in_another_process_is_built_untimed() -> None:
     told = EngineCall(tiny_model("ae"), "reconstruct", "ae.reconstruct", "auto")
     with recording_choices() as recorded, torch.inference_mode():
         timed(x)
-    assert recorded == {key: timed.state} and set(timed.timings) >= {"eager", "onnxruntime"}
-    with chosen_elsewhere({key: "torchscript"}), torch.inference_mode():
+    assert recorded == {key: Choice(engine=timed.state, timings=timed.timings)}
+    assert set(timed.timings) >= {"eager", "onnxruntime"}
+    there = {"eager": 900.0, "onnxruntime": 1000.0, "torchscript": 800.0}
+    choices = {key: Choice(engine="torchscript", timings=there)}
+    with chosen_elsewhere(choices), torch.inference_mode():
         told(x)
-    assert told.state == "torchscript" and not told.timings
+    assert told.state == "torchscript" and told.timings == there
+
+
+def test_timing_stops_after_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls that take longer than the timing budget are timed for one round each, not
+    TIMING_ROUNDS (a pixelcnn likelihood of 16 rows takes ~0.13 s)."""
+    import service.engines
+
+    monkeypatch.setattr(service.engines, "TIMING_BUDGET_S", 0.0)
+    runs = {"a": 0, "b": 0}
+
+    def counted(name: str) -> Any:
+        def call(*inputs: torch.Tensor) -> None:
+            runs[name] += 1
+
+        return call
+
+    engine_call = EngineCall(tiny_model("ae"), "reconstruct", "ae.reconstruct", "auto")
+    engine_call._faster(("a", counted("a")), ("b", counted("b")), (torch.rand(16, 3),))
+    assert runs == {"a": 1, "b": 1} and set(engine_call.timings) == {"a", "b"}
+    monkeypatch.setattr(service.engines, "TIMING_BUDGET_S", 60.0)
+    engine_call._faster(("a", counted("a")), ("b", counted("b")), (torch.rand(16, 3),))
+    assert runs == {"a": 1 + service.engines.TIMING_ROUNDS, "b": 1 + service.engines.TIMING_ROUNDS}
 
 
 def test_the_service_serves_through_traces(client: TestClient) -> None:
