@@ -72,7 +72,7 @@ def fork_workers_after_imports(settings: Settings) -> None:
     since they leave through ``os._exit``. Measured (``bench.first_requests.one_server(True,
     2)``, every shipped model, after one request of each operation): 1,187 MB PSS spawned;
     forked after importing the service 1,092, after the exporter's modules too 1,019, with
-    the models preloaded and compiled before the fork 536 (576 since ``auto`` runs the GAN
+    the models preloaded and compiled before the fork 536 (579 since ``auto`` runs the GAN
     generators as traces, whose TorchScript runtime the supervisor then holds).
 
     uvicorn has no setting for this: its supervisor starts workers through

@@ -17,7 +17,7 @@ model its old version stays in memory once, in the supervisor alone.
 Measured (``python -m bench.first_requests``, every shipped model, two workers, after one
 request of every operation; bench/results/first_requests.md): with TRACE_AT_START 536 MB PSS
 (each worker compiling its own: 1,014), without it 569 (764); ready 10.8 s (10.0). Since
-``auto`` times the engines in the child and the GAN generators run traced: 576 MB, 13.9 s.
+``auto`` times the engines in the child and the GAN generators run traced: 579 MB, 12.4 s.
 
 Only with one thread per worker (``LATENTSERVE_TORCH_THREADS=1``, the default): a thread pool
 made before a fork (ONNX Runtime's intra-op pool, OpenMP's) does not exist in the child, and
