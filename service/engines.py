@@ -39,15 +39,15 @@ ONNX Runtime's transposed convolutions run at 60-75 GFLOP/s, oneDNN's faster);
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import torch
 from torch import nn
 
+from .handover import KeyedHandover
 from .memory import return_freed_memory
 from .onnx_engine import onnx_call
 from .tracing import assert_same, trace_call
@@ -82,9 +82,11 @@ class Choice(TypedDict):
 
 #: what another process chose for a call (preloading's child), by call key: built first and
 #: untimed here, so that both processes keep the same engine
-_chosen_elsewhere: dict[str, Choice] = {}
-#: while ``recording_choices`` runs: the choice of every call compiled meanwhile, by key
-_recorded: dict[str, Choice] | None = None
+CHOICES: KeyedHandover[Choice] = KeyedHandover()
+#: ``with recording_choices() as choices``: every call's choice meanwhile, by call key
+recording_choices = CHOICES.recording
+#: ``with chosen_elsewhere(choices)``: calls take these, untimed, with their timings
+chosen_elsewhere = CHOICES.given
 
 
 class EngineCall:
@@ -142,7 +144,7 @@ class EngineCall:
         one = tuple(x[:1] for x in inputs)
         key = call_key(self.label, example)
         order, fastest = self.order, self.fastest
-        elsewhere = _chosen_elsewhere.pop(key, None)
+        elsewhere = CHOICES.take(key)
         if elsewhere is not None and elsewhere["engine"] in order:  # timed there: untimed here
             first = elsewhere["engine"]
             order, fastest = (first, *(e for e in order if e != first)), False
@@ -158,8 +160,8 @@ class EngineCall:
                 chosen = (engine, compiled)
             if not fastest:
                 break
-        if _recorded is not None and chosen is not None:
-            _recorded[key] = Choice(engine=chosen[0], timings=dict(self.timings))
+        if chosen is not None:
+            CHOICES.record(key, Choice(engine=chosen[0], timings=dict(self.timings)))
         if chosen is None:
             if self.order:
                 log.warning("%s stays eager", self.label)
@@ -224,29 +226,6 @@ class EngineCall:
 def call_key(label: str, example: tuple[torch.Tensor, ...]) -> str:
     """A compiled call's name across processes: its label and input shapes."""
     return f"{label} {_shapes(example)}"
-
-
-@contextlib.contextmanager
-def recording_choices() -> Iterator[dict[str, Choice]]:
-    """Collects the choice of every call compiled meanwhile, by call key."""
-    global _recorded
-    recorded: dict[str, Choice] = {}
-    _recorded = recorded
-    try:
-        yield recorded
-    finally:
-        _recorded = None
-
-
-@contextlib.contextmanager
-def chosen_elsewhere(choices: dict[str, Choice]) -> Iterator[None]:
-    """Calls compiled meanwhile take these choices (by key): that engine first, untimed, and
-    the times it was chosen by; any left over are dropped after."""
-    _chosen_elsewhere.update(choices)
-    try:
-        yield
-    finally:
-        _chosen_elsewhere.clear()
 
 
 def _shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[tuple[int, ...], ...]:

@@ -17,15 +17,15 @@ uses it only after its outputs matched the eager call.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from models.onnx_model import export_graph, session_options
 
+from .handover import KeyedHandover
 from .tracing import MethodCall
 
 log = logging.getLogger("latentserve.engines")
@@ -74,10 +74,12 @@ class OnnxCall:
         return tensors[0] if self.n_outputs == 1 else tensors
 
 
-#: graphs exported by another process, by call key, each taken by the first onnx_call for it
-_handed_over: dict[str, bytes] = {}
-#: while ``recording_exports`` runs: every graph exported meanwhile, by call key
-_recorded: dict[str, bytes] | None = None
+#: graphs exported by another process (preloading's child), by call key
+GRAPHS: KeyedHandover[bytes] = KeyedHandover()
+#: ``with recording_exports() as graphs``: every graph exported meanwhile, by call key
+recording_exports = GRAPHS.recording
+#: ``with exported_elsewhere(graphs)``: onnx_call takes these instead of exporting
+exported_elsewhere = GRAPHS.given
 
 
 def onnx_call(
@@ -86,33 +88,10 @@ def onnx_call(
 ) -> Callable[..., Output]:  # fmt: skip
     """``model.<method>`` exported on ``example`` and run by ONNX Runtime. ``key`` names the
     call and its input shapes: a graph handed over under it is used instead of exporting."""
-    graph = _handed_over.pop(key, None) if key else None
+    graph = GRAPHS.take(key) if key else None
     if graph is None:
         graph = export_graph(MethodCall(model, method), example)
-        if _recorded is not None and key:
-            _recorded[key] = graph
+        if key:
+            GRAPHS.record(key, graph)
     session = session_for(graph, threads, providers_for(device))
     return OnnxCall(session, len(session.get_outputs()))  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def recording_exports() -> Iterator[dict[str, bytes]]:
-    """Collects every graph that ``onnx_call`` exports meanwhile, by key."""
-    global _recorded
-    recorded: dict[str, bytes] = {}
-    _recorded = recorded
-    try:
-        yield recorded
-    finally:
-        _recorded = None
-
-
-@contextlib.contextmanager
-def exported_elsewhere(graphs: dict[str, bytes]) -> Iterator[None]:
-    """``onnx_call`` takes these graphs (by key) instead of exporting, meanwhile; any left
-    over are dropped after."""
-    _handed_over.update(graphs)
-    try:
-        yield
-    finally:
-        _handed_over.clear()
