@@ -39,9 +39,9 @@ def add_fit_inverter_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_artifact_arguments(p, "weights/gan-fashion")
     p.add_argument(
-        "--width", type=positive_int,
-        help=f"the inverter's first conv width (default {DEFAULT_WIDTH}; with --epochs 0, "
-        "the trained inverter's, which a different --width is refused for)",
+        "--width", type=positive_int, default=argparse.SUPPRESS,
+        help=f"the inverter's first conv width (default {DEFAULT_WIDTH}); with --epochs 0 the "
+        "trained inverter's width, and another is refused",
     )  # fmt: skip
     p.add_argument(
         "--epochs", type=non_negative_int, default=8,
@@ -80,7 +80,7 @@ def val_psnr(model: GAN, split: Split, images: int = 1000) -> float:
 def fit_inverter(model: GAN, train: Split, val: Split, args: argparse.Namespace) -> dict:
     """Train a new inverter of ``args.width`` into ``model``; its summary for the card."""
     torch.manual_seed(args.seed)
-    model.config.inverter_width = args.width or DEFAULT_WIDTH
+    model.config.inverter_width = getattr(args, "width", DEFAULT_WIDTH)
     model.inverter = make_inverter(model)
     assert model.inverter is not None
     model.eval()  # the generator's batch norm as it serves
@@ -161,7 +161,7 @@ def run_fit_inverter(args: argparse.Namespace) -> None:
         summary = fit_inverter(model, opened.data.train, opened.data.val, args)
     elif model.inverter is None:
         raise SystemExit(f"{args.model}: --epochs 0 keeps the trained inverter, and it has none")
-    elif args.width is not None and args.width != model.config.inverter_width:
+    elif getattr(args, "width", model.config.inverter_width) != model.config.inverter_width:
         raise SystemExit(
             f"{args.model}: --epochs 0 keeps the trained inverter, of width "
             f"{model.config.inverter_width}; a width of {args.width} needs training (--epochs 1 "
