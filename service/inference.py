@@ -339,8 +339,8 @@ class Operations:
         """(model, method, engine, timings) of every call compiled so far (not pending)."""
         return [
             (lm.name, method, call.state, dict(call.timings))
-            for lm, calls in list(self._traces.items())
-            for method, call in list(calls.items())
+            for lm, calls in self.compiled_calls().items()
+            for method, call in calls.items()
             if call.state != "pending"
         ]
 
