@@ -29,7 +29,7 @@ Runtime's time: a trace runs the eager call's kernels without the Python between
 TorchScript's class registry (a ScriptModule type per trace: tracing every shipped call once
 and dropping them all left a process 120 MB larger). Then the trace is timed against ONNX
 Runtime too. Where preloading compiles ahead, its child process times and the supervisor
-builds the child's choice, untimed (``chosen_elsewhere``). Measured at 16 rows here (per
+builds the child's choice, untimed (``CHOICES``, handover.py). Measured at 16 rows here (per
 image, one thread, trace against ONNX Runtime): ONNX Runtime for the autoencoders, the
 classifier, MADE, PixelCNN and the RBM (stacked-ae-fashion reconstruct 67 vs 43 us,
 ae-fashion 253 vs 227), the trace for the GAN generators (gan-fashion decode 380 vs 434 us:
@@ -83,10 +83,6 @@ class Choice(TypedDict):
 #: what another process chose for a call (preloading's child), by call key: built first and
 #: untimed here, so that both processes keep the same engine
 CHOICES: KeyedHandover[Choice] = KeyedHandover()
-#: ``with recording_choices() as choices``: every call's choice meanwhile, by call key
-recording_choices = CHOICES.recording
-#: ``with chosen_elsewhere(choices)``: calls take these, untimed, with their timings
-chosen_elsewhere = CHOICES.given
 
 
 class EngineCall:

@@ -8,7 +8,7 @@ without the GIL, as a trace does.
 The graph is made at load time from the model in memory (models/onnx_model.py
 ``export_graph``: the TorchScript-based exporter, dynamic batch axis), never written to disk;
 a supervisor that preloads for its workers has a child process export the graphs and hand
-them over (``exported_elsewhere``: preloading.py), so that the exporter's modules and garbage
+them over (``GRAPHS``, handover.py: preloading.py), so that the exporter's modules and garbage
 stay out of the memory the workers share. The session has the options of every session
 latentserve opens (``session_options``: ``LATENTSERVE_TORCH_THREADS`` intra-op threads, the
 same budget as torch's; one inter-op thread; no spinning; no memory arena). ``engines.py``
@@ -76,10 +76,6 @@ class OnnxCall:
 
 #: graphs exported by another process (preloading's child), by call key
 GRAPHS: KeyedHandover[bytes] = KeyedHandover()
-#: ``with recording_exports() as graphs``: every graph exported meanwhile, by call key
-recording_exports = GRAPHS.recording
-#: ``with exported_elsewhere(graphs)``: onnx_call takes these instead of exporting
-exported_elsewhere = GRAPHS.given
 
 
 def onnx_call(

@@ -42,10 +42,10 @@ import torch
 
 from .batching import BatchEngine
 from .config import Settings
-from .engines import Choice, EngineCall, chosen_elsewhere, recording_choices
+from .engines import CHOICES, Choice, EngineCall
 from .inference import Operations
 from .memory import return_freed_memory
-from .onnx_engine import exported_elsewhere, providers_for, recording_exports
+from .onnx_engine import GRAPHS, providers_for
 from .registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger("latentserve.preloading")
@@ -93,7 +93,7 @@ def preload(settings: Settings) -> Preloaded | None:
         except (OSError, RuntimeError, ValueError) as exc:  # then exported here
             log.warning("exporting in a child process failed (%s); exporting here", exc)
             graphs, engines = {}, {}
-        with exported_elsewhere(graphs), chosen_elsewhere(engines):
+        with GRAPHS.given(graphs), CHOICES.given(engines):
             compiled = compile_calls(settings, models)
     _preloaded = Preloaded(fingerprint(settings), dict(registry.models), compiled)
     gc.collect()
@@ -146,7 +146,7 @@ def exported_in_child(
         try:
             os.close(read_end)
             logging.disable(logging.WARNING)  # the supervisor's own pass says what failed
-            with recording_exports() as exported, recording_choices() as engines:
+            with GRAPHS.recording() as exported, CHOICES.recording() as engines:
                 compile_calls(settings, models)
             graphs = {
                 k: g

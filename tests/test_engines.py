@@ -186,20 +186,20 @@ def test_a_choice_made_in_another_process_is_built_untimed() -> None:
     """Preloading's child records each call's engine and timings; the supervisor builds that
     engine first, does not time again (so both keep the same), even where it would choose
     otherwise, and keeps the child's timings (the metrics show them)."""
-    from service.engines import Choice, call_key, chosen_elsewhere, recording_choices
+    from service.engines import CHOICES, Choice, call_key
 
     x = torch.rand(2, 1, 28, 28)
     key = call_key("ae.reconstruct", (torch.rand(16, 1, 28, 28),))
     assert key == "ae.reconstruct ((1, 28, 28),)"
     timed = EngineCall(tiny_model("ae"), "reconstruct", "ae.reconstruct", "auto")
     told = EngineCall(tiny_model("ae"), "reconstruct", "ae.reconstruct", "auto")
-    with recording_choices() as recorded, torch.inference_mode():
+    with CHOICES.recording() as recorded, torch.inference_mode():
         timed(x)
     assert recorded == {key: Choice(engine=timed.state, timings=timed.timings)}
     assert set(timed.timings) >= {"eager", "onnxruntime"}
     there = {"eager": 900.0, "onnxruntime": 1000.0, "torchscript": 800.0}
     choices = {key: Choice(engine="torchscript", timings=there)}
-    with chosen_elsewhere(choices), torch.inference_mode():
+    with CHOICES.given(choices), torch.inference_mode():
         told(x)
     assert told.state == "torchscript" and told.timings == there
 
